@@ -1,0 +1,85 @@
+//! Command-line interface.
+//!
+//! The short flags are the old C "Julia FastCGI Process Manager"'s, so existing
+//! start scripts keep working: `-l ADDR -b JULIA -v WORKER_FILE -h HOME -s
+//! SOCKET -w N`. Because `-h` is HOME there, help is `--help` only.
+//!
+//! Every field is an `Option`: a flag given on the command line overrides the
+//! config file, a flag left out leaves the file's value (or the built-in
+//! default) alone. Defaults are documented here and applied in
+//! [`crate::config`].
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser};
+
+/// FastCGI process manager for Julia pages.
+///
+/// Runs a pool of Julia workers that accept FastCGI connections from nginx
+/// (or any FastCGI client) on one shared listening socket, replaces workers
+/// that die, and logs what they print. The listening socket is, in this
+/// order: the one systemd passes (socket activation), a listening socket on
+/// standard input (spawn-fcgi), or the address given with -l.
+#[derive(Debug, Parser)]
+#[command(
+    name = "julia-fcgi",
+    version,
+    disable_help_flag = true,
+    after_help = "Signals: SIGTERM/SIGINT stop gracefully (requests in progress finish).\n\
+                  Exit codes: 0 stopped cleanly, 1 runtime failure, 2 bad usage or configuration."
+)]
+pub struct Cli {
+    /// Address to listen on: HOST:PORT, :PORT (every interface), [V6]:PORT,
+    /// or a unix socket path (absolute, or prefixed with unix:)
+    /// [default: 127.0.0.1:4545]
+    #[arg(short = 'l', long = "listen", value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Julia executable used to run the workers [default: /usr/bin/julia]
+    #[arg(short = 'b', long = "julia", value_name = "JULIA")]
+    pub julia: Option<PathBuf>,
+
+    /// Julia worker program [default: ../julia/worker.jl next to this
+    /// binary, else /usr/share/julia-fcgi/worker.jl]
+    #[arg(short = 'v', long = "worker", value_name = "WORKER_FILE")]
+    pub worker: Option<PathBuf>,
+
+    /// HOME directory given to the workers [default: $HOME, else /home]
+    #[arg(short = 'h', long = "home", value_name = "HOME")]
+    pub home: Option<PathBuf>,
+
+    /// Accepted for compatibility and ignored: the old tool's socket between
+    /// master and workers. Workers now accept FastCGI connections themselves,
+    /// so there is no such socket.
+    #[arg(short = 's', long = "socket", value_name = "SOCKET")]
+    pub socket: Option<PathBuf>,
+
+    /// Number of Julia workers [default: 1]
+    #[arg(short = 'w', long = "workers", value_name = "N")]
+    pub workers: Option<u32>,
+
+    /// TOML configuration file; flags given on the command line override it
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Listen backlog of a socket julia-fcgi binds itself [default: 511]
+    #[arg(long = "backlog", value_name = "N")]
+    pub backlog: Option<u32>,
+
+    /// Permissions of a unix socket julia-fcgi binds itself, octal [default: 0660]
+    #[arg(long = "socket-mode", value_name = "MODE")]
+    pub socket_mode: Option<String>,
+
+    /// Owner of a unix socket julia-fcgi binds itself: USER or USER:GROUP
+    #[arg(long = "socket-owner", value_name = "USER[:GROUP]")]
+    pub socket_owner: Option<String>,
+
+    /// Log level (error, warn, info, debug, trace) or a RUST_LOG-style filter
+    /// [default: info, or RUST_LOG]
+    #[arg(long = "log-level", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Print help
+    #[arg(long = "help", action = ArgAction::Help)]
+    pub help: Option<bool>,
+}

@@ -1,0 +1,465 @@
+//! Configuration: command-line flags over a TOML file over built-in defaults.
+//!
+//! Loading is data first ([`FileConfig`] is exactly what the file may say),
+//! then [`Settings::resolve`] validates everything into typed values. Nothing
+//! here binds, spawns or writes: a bad setting is reported before anything
+//! happens, and a reload can validate a new file without disturbing the pool.
+
+use std::ffi::OsString;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::Cli;
+
+/// Where the installed worker lives (the packages put it there).
+pub const INSTALLED_WORKER: &str = "/usr/share/julia-fcgi/worker.jl";
+
+/// A setting that cannot be used, said precisely enough to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for {setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        message: message.into(),
+    }
+}
+
+/// The TOML file, as written. Every key is optional; unknown keys are errors
+/// so that a typo is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub julia: Option<PathBuf>,
+    pub worker: Option<PathBuf>,
+    pub home: Option<PathBuf>,
+    pub workers: Option<u32>,
+    pub backlog: Option<u32>,
+    pub socket_mode: Option<String>,
+    pub socket_owner: Option<String>,
+    pub log_level: Option<String>,
+    /// Page extensions that may run (PHP-FPM's `security.limit_extensions`).
+    pub limit_extensions: Option<Vec<String>>,
+    /// Directories outside which no page runs; empty means anywhere.
+    pub document_roots: Option<Vec<PathBuf>>,
+    /// Show exceptions and backtraces in 500 responses (never in production).
+    pub development: Option<bool>,
+    pub max_params_bytes: Option<u64>,
+    pub max_body_bytes: Option<u64>,
+    /// How long a connection may stay silent while a request is read.
+    pub read_timeout: Option<String>,
+    /// How long a worker may take from spawn to ready.
+    pub worker_start_timeout: Option<String>,
+    /// How long a stop waits for requests in progress before killing.
+    pub shutdown_grace: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })
+    }
+}
+
+/// Where the FastCGI socket is bound when nobody hands one over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp {
+        addr: SocketAddr,
+        /// Reachable from the network: every page on the host becomes
+        /// runnable by anyone who can connect, so this is logged loudly.
+        all_interfaces: bool,
+    },
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp { addr, .. } => write!(f, "{addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl ListenAddr {
+    /// Parses `HOST:PORT`, `:PORT`, `[V6]:PORT`, `unix:PATH` or a path.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let bad = |why: &str| invalid("listen", format!("{text:?}: {why}"));
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(bad("empty unix socket path"));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        if text.starts_with('/') || text.starts_with("./") || text.starts_with("../") {
+            return Ok(ListenAddr::Unix(PathBuf::from(text)));
+        }
+        if let Some(port) = text.strip_prefix(':') {
+            let port: u16 = port
+                .parse()
+                .map_err(|_| bad("expected :PORT with a port number 1-65535"))?;
+            return Ok(ListenAddr::Tcp {
+                addr: SocketAddr::from(([0, 0, 0, 0], port)),
+                all_interfaces: true,
+            });
+        }
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| bad("expected HOST:PORT, :PORT, [V6]:PORT or a unix socket path"))?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(bad("expected HOST:PORT with a port number 1-65535"));
+        }
+        let addr = match text.parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => text
+                .to_socket_addrs()
+                .map_err(|e| bad(&format!("cannot resolve host: {e}")))?
+                .next()
+                .ok_or_else(|| bad("host resolves to no address"))?,
+        };
+        Ok(ListenAddr::Tcp {
+            addr,
+            all_interfaces: addr.ip().is_unspecified(),
+        })
+    }
+}
+
+/// What the workers need to know about running pages (passed to them in
+/// their environment, see `julia/INTERFACE.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageSettings {
+    pub extensions: Vec<String>,
+    pub document_roots: Vec<PathBuf>,
+    pub development: bool,
+    pub max_params_bytes: u64,
+    pub max_body_bytes: u64,
+    pub read_timeout: Duration,
+}
+
+/// Validated settings: every value typed and checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: ListenAddr,
+    pub julia: PathBuf,
+    pub worker_file: PathBuf,
+    pub home: PathBuf,
+    pub workers: NonZeroU32,
+    pub backlog: u32,
+    pub socket_mode: u32,
+    pub socket_owner: Option<String>,
+    pub log_level: Option<String>,
+    pub pages: PageSettings,
+    pub worker_start_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// The old `-s` socket, kept only to say that it is ignored.
+    pub compat_socket: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Merges flags over the file (if any) over defaults and validates.
+    pub fn resolve(cli: &Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        Self::from_parts(cli, file)
+    }
+
+    pub fn from_parts(cli: &Cli, file: FileConfig) -> Result<Self, ConfigError> {
+        let listen = ListenAddr::parse(
+            cli.listen
+                .as_deref()
+                .or(file.listen.as_deref())
+                .unwrap_or("127.0.0.1:4545"),
+        )?;
+        let workers = cli.workers.or(file.workers).unwrap_or(1);
+        let workers = NonZeroU32::new(workers)
+            .ok_or_else(|| invalid("workers", "0: at least one worker is needed"))?;
+        let julia = resolve_julia(
+            cli.julia
+                .clone()
+                .or(file.julia)
+                .unwrap_or_else(|| PathBuf::from("/usr/bin/julia")),
+        )?;
+        let worker_file = match cli.worker.clone().or(file.worker) {
+            Some(path) => check_worker_file(path)?,
+            None => default_worker_file()?,
+        };
+        let home = cli
+            .home
+            .clone()
+            .or(file.home)
+            .or_else(|| std::env::var_os("HOME").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/home"));
+        let socket_mode = cli
+            .socket_mode
+            .as_deref()
+            .or(file.socket_mode.as_deref())
+            .map(parse_mode)
+            .transpose()?
+            .unwrap_or(0o660);
+        let backlog = cli.backlog.or(file.backlog).unwrap_or(511);
+        if backlog == 0 {
+            return Err(invalid("backlog", "0: the kernel would refuse connections"));
+        }
+        let pages = PageSettings {
+            extensions: check_extensions(
+                file.limit_extensions.unwrap_or_else(|| vec![".jl".into()]),
+            )?,
+            document_roots: check_roots(file.document_roots.unwrap_or_default())?,
+            development: file.development.unwrap_or(false),
+            max_params_bytes: file.max_params_bytes.unwrap_or(1 << 20),
+            max_body_bytes: file.max_body_bytes.unwrap_or(64 << 20),
+            read_timeout: duration("read_timeout", file.read_timeout.as_deref(), 60)?,
+        };
+        Ok(Settings {
+            listen,
+            julia,
+            worker_file,
+            home,
+            workers,
+            backlog,
+            socket_mode,
+            socket_owner: cli.socket_owner.clone().or(file.socket_owner),
+            log_level: cli.log_level.clone().or(file.log_level),
+            pages,
+            worker_start_timeout: duration(
+                "worker_start_timeout",
+                file.worker_start_timeout.as_deref(),
+                120,
+            )?,
+            shutdown_grace: duration("shutdown_grace", file.shutdown_grace.as_deref(), 10)?,
+            compat_socket: cli.socket.clone(),
+        })
+    }
+}
+
+/// `julia` without a slash is looked up in `PATH`, like a shell would.
+fn resolve_julia(path: PathBuf) -> Result<PathBuf, ConfigError> {
+    let found = if path.components().count() == 1 && !path.is_absolute() {
+        std::env::var_os("PATH")
+            .unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"))
+            .to_str()
+            .unwrap_or_default()
+            .split(':')
+            .map(|dir| Path::new(dir).join(&path))
+            .find(|candidate| is_executable(candidate))
+    } else {
+        is_executable(&path).then(|| path.clone())
+    };
+    found.ok_or_else(|| {
+        invalid(
+            "julia",
+            format!(
+                "{} is not an executable file; install Julia or point -b/--julia \
+                 (or `julia` in the config file) at one",
+                path.display()
+            ),
+        )
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    path.is_file() && nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok()
+}
+
+fn check_worker_file(path: PathBuf) -> Result<PathBuf, ConfigError> {
+    match std::fs::File::open(&path) {
+        Ok(_) if path.is_file() => Ok(path),
+        Ok(_) => Err(invalid(
+            "worker",
+            format!("{} is not a regular file", path.display()),
+        )),
+        Err(e) => Err(invalid(
+            "worker",
+            format!("cannot read worker file {}: {e}", path.display()),
+        )),
+    }
+}
+
+/// The old tool looked for `../julia/worker.jl` next to its binary; an
+/// installed package keeps the worker under /usr/share.
+fn default_worker_file() -> Result<PathBuf, ConfigError> {
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_owned))
+    {
+        candidates.push(dir.join("../julia/worker.jl"));
+        candidates.push(dir.join("../share/julia-fcgi/worker.jl"));
+    }
+    candidates.push(PathBuf::from(INSTALLED_WORKER));
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+            invalid(
+                "worker",
+                format!(
+                    "no worker file found (tried {}); give one with -v",
+                    tried.join(", ")
+                ),
+            )
+        })
+}
+
+fn parse_mode(text: &str) -> Result<u32, ConfigError> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| invalid("socket_mode", format!("{text:?}: expected octal like 0660")))
+}
+
+fn check_extensions(extensions: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    if extensions.is_empty() {
+        return Err(invalid("limit_extensions", "empty: no page could ever run"));
+    }
+    for ext in &extensions {
+        if !ext.starts_with('.') || ext.len() < 2 || ext.contains([',', '/']) {
+            return Err(invalid(
+                "limit_extensions",
+                format!("{ext:?}: expected an extension like \".jl\""),
+            ));
+        }
+    }
+    Ok(extensions)
+}
+
+fn check_roots(roots: Vec<PathBuf>) -> Result<Vec<PathBuf>, ConfigError> {
+    for root in &roots {
+        if !root.is_absolute() || root.to_string_lossy().contains(':') {
+            return Err(invalid(
+                "document_roots",
+                format!("{}: expected an absolute path without ':'", root.display()),
+            ));
+        }
+    }
+    Ok(roots)
+}
+
+/// A duration: `10s`, `500ms`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return None,
+    };
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+}
+
+fn duration(
+    setting: &'static str,
+    text: Option<&str>,
+    default_secs: u64,
+) -> Result<Duration, ConfigError> {
+    match text {
+        None => Ok(Duration::from_secs(default_secs)),
+        Some(text) => parse_duration(text).ok_or_else(|| {
+            invalid(
+                setting,
+                format!("{text:?}: expected a duration like 10s, 500ms or 2m"),
+            )
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(
+            ListenAddr::parse("127.0.0.1:4545").unwrap(),
+            ListenAddr::Tcp {
+                addr: "127.0.0.1:4545".parse().unwrap(),
+                all_interfaces: false
+            }
+        );
+        assert_eq!(
+            ListenAddr::parse(":4545").unwrap(),
+            ListenAddr::Tcp {
+                addr: "0.0.0.0:4545".parse().unwrap(),
+                all_interfaces: true
+            }
+        );
+        assert_eq!(
+            ListenAddr::parse("[::1]:9000").unwrap(),
+            ListenAddr::Tcp {
+                addr: "[::1]:9000".parse().unwrap(),
+                all_interfaces: false
+            }
+        );
+        assert_eq!(
+            ListenAddr::parse("/run/x.sock").unwrap(),
+            ListenAddr::Unix("/run/x.sock".into())
+        );
+        assert_eq!(
+            ListenAddr::parse("unix:rel.sock").unwrap(),
+            ListenAddr::Unix("rel.sock".into())
+        );
+        for bad in ["4545", "host:", ":99999", "127.0.0.1:x", "unix:", "[::1]"] {
+            assert!(ListenAddr::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("5 parsecs"), None);
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0660").unwrap(), 0o660);
+        assert_eq!(parse_mode("666").unwrap(), 0o666);
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("07777").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = toml::from_str::<FileConfig>("workrs = 2").unwrap_err();
+        assert!(err.message().contains("workrs"), "{}", err.message());
+    }
+}

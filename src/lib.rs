@@ -1,0 +1,34 @@
+//! julia-fcgi: a FastCGI process manager for Julia pages.
+//!
+//! # Theory of operation
+//!
+//! nginx speaks FastCGI to one listening socket. The Julia workers accept
+//! connections on that socket themselves (it is their fd 0, as the FastCGI
+//! standard has it) and run the pages; this process, the master, never reads
+//! or relays a request byte. The master's job is everything around the
+//! requests: find or make the socket, start the workers, log what they say,
+//! replace the ones that die without letting a crashing page cause a restart
+//! storm, and stop them all gracefully. `shared/ARCHITECTURE.md` says why.
+//!
+//! # Modules
+//!
+//! - [`cli`]: the command line, compatible with the old C process manager.
+//! - [`config`]: flags over a TOML file over defaults, validated into
+//!   [`config::Settings`] before anything happens.
+//! - [`listen`]: the listening socket: systemd's, spawn-fcgi's (fd 0), or
+//!   bound from `-l`.
+//! - [`control`]: the line protocol on each worker's control channel
+//!   (`julia/INTERFACE.md`).
+//! - [`worker`]: one Julia process and the actor task that owns it.
+//! - [`pool`]: the supervisor: slots, replacement, back-off, draining.
+//! - [`logging`]: `tracing` set-up.
+//!
+//! `main.rs` only parses arguments and wires these together.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod listen;
+pub mod logging;
+pub mod pool;
+pub mod worker;

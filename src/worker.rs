@@ -1,0 +1,341 @@
+//! One Julia worker process and the actor task that owns it.
+//!
+//! The actor is the only code that touches the child: it forwards every line
+//! the worker prints to the log (tagged with the worker's number and pid),
+//! understands its control channel, delivers `STOP`, reaps it, and reports
+//! [`Event`]s to the pool. The pool holds a [`Handle`] and never blocks on a
+//! worker.
+
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use crate::control::{FromWorker, Level, ToWorker};
+
+/// The longest line forwarded as one log entry; longer output is split, not
+/// cut, so nothing a worker prints is lost.
+const MAX_LINE: usize = 1 << 20;
+/// How many of a worker's last stderr lines are kept to explain a failed
+/// start.
+const STDERR_TAIL: usize = 30;
+
+/// Everything needed to start a worker; shared by all workers of a pool.
+#[derive(Debug)]
+pub struct Spec {
+    pub julia: PathBuf,
+    pub worker_file: PathBuf,
+    /// The worker's whole environment (the master's own is not inherited).
+    pub env: Vec<(OsString, OsString)>,
+    /// The FastCGI listening socket, passed as the worker's fd 0.
+    pub listener: Arc<OwnedFd>,
+}
+
+/// What a worker's actor tells the pool.
+#[derive(Debug)]
+pub enum Event {
+    Ready { slot: u32, pid: u32 },
+    Exited(Exit),
+}
+
+/// How and why a worker ended.
+#[derive(Debug)]
+pub struct Exit {
+    pub slot: u32,
+    pub pid: u32,
+    pub status: Option<ExitStatus>,
+    /// Set when the worker said it was leaving on purpose (`EXITING`).
+    pub planned: Option<String>,
+    /// Its last stderr lines, to explain a worker that could not start.
+    pub stderr_tail: Vec<String>,
+}
+
+/// The pool's side of a running worker.
+#[derive(Debug)]
+pub struct Handle {
+    pub slot: u32,
+    pub pid: u32,
+    commands: mpsc::UnboundedSender<ToWorker>,
+}
+
+impl Handle {
+    /// Asks the worker to finish its request and leave.
+    pub fn stop(&self) {
+        // The actor is gone only once the worker exited; nothing to stop then.
+        let _ = self.commands.send(ToWorker::Stop);
+    }
+
+    /// Kills the worker and everything in its process group.
+    pub fn kill(&self) {
+        if let Err(e) = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL) {
+            tracing::debug!(worker = self.slot, worker_pid = self.pid, "kill: {e}");
+        }
+    }
+}
+
+/// Starts worker number `slot` and the actor that owns it.
+pub fn spawn(
+    spec: &Spec,
+    slot: u32,
+    events: mpsc::UnboundedSender<Event>,
+) -> std::io::Result<Handle> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    let their_fd = theirs.as_raw_fd();
+    let mut command = tokio::process::Command::new(&spec.julia);
+    command
+        .args(["--startup-file=no", "--history-file=no", "--color=no"])
+        .arg(&spec.worker_file)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env("JULIA_FCGI_WORKER", slot.to_string())
+        .env("JULIA_FCGI_CONTROL_FD", their_fd.to_string())
+        .current_dir("/")
+        .stdin(Stdio::from(spec.listener.try_clone()?))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: only async-signal-safe fcntl between fork and exec. Our end of
+    // the control socket is close-on-exec everywhere else, so the worker gets
+    // its own end and no other worker's.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::fcntl(their_fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
+    drop(theirs);
+    let pid = child.id().expect("a just-spawned child has a pid");
+    let control = std::os::unix::net::UnixStream::from(ours);
+    control.set_nonblocking(true)?;
+    let control = UnixStream::from_std(control)?;
+    let stdout = child.stdout.take().expect("stdout was set to piped");
+    let stderr = child.stderr.take().expect("stderr was set to piped");
+    let (commands, inbox) = mpsc::unbounded_channel();
+    let actor = Actor {
+        slot,
+        pid,
+        events,
+        planned: None,
+        stderr_tail: Vec::new(),
+    };
+    tokio::spawn(actor.run(child, control, stdout, stderr, inbox));
+    Ok(Handle {
+        slot,
+        pid,
+        commands,
+    })
+}
+
+/// The task that owns one child process.
+struct Actor {
+    slot: u32,
+    pid: u32,
+    events: mpsc::UnboundedSender<Event>,
+    planned: Option<String>,
+    stderr_tail: Vec<String>,
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        mut child: tokio::process::Child,
+        control: UnixStream,
+        stdout: tokio::process::ChildStdout,
+        stderr: tokio::process::ChildStderr,
+        mut inbox: mpsc::UnboundedReceiver<ToWorker>,
+    ) {
+        let (control_in, mut control_out) = control.into_split();
+        let mut control_in = LineReader::new(BufReader::new(control_in));
+        let mut stdout = LineReader::new(BufReader::new(stdout));
+        let mut stderr = LineReader::new(BufReader::new(stderr));
+        let status = loop {
+            tokio::select! {
+                line = control_in.next(), if !control_in.done => {
+                    if let Some(line) = line { self.on_control(&line) }
+                }
+                line = stdout.next(), if !stdout.done => {
+                    if let Some(line) = line { self.on_output(Stream::Stdout, line) }
+                }
+                line = stderr.next(), if !stderr.done => {
+                    if let Some(line) = line { self.on_output(Stream::Stderr, line) }
+                }
+                Some(command) = inbox.recv() => {
+                    // A worker that already closed its end is leaving anyway.
+                    let _ = control_out.write_all(command.line()).await;
+                }
+                status = child.wait() => break status.ok(),
+            }
+        };
+        // What the worker printed just before it died explains the death:
+        // read the pipes to their end, but not forever (a process the page
+        // forked may still hold them open).
+        let drain = async {
+            while let Some(line) = control_in.next().await {
+                self.on_control(&line);
+            }
+            while let Some(line) = stdout.next().await {
+                self.on_output(Stream::Stdout, line);
+            }
+            while let Some(line) = stderr.next().await {
+                self.on_output(Stream::Stderr, line);
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+        let exit = Exit {
+            slot: self.slot,
+            pid: self.pid,
+            status,
+            planned: self.planned.take(),
+            stderr_tail: std::mem::take(&mut self.stderr_tail),
+        };
+        let _ = self.events.send(Event::Exited(exit));
+    }
+
+    fn on_control(&mut self, line: &str) {
+        let (slot, pid) = (self.slot, self.pid);
+        match FromWorker::parse(line) {
+            Ok(FromWorker::Ready) => {
+                let _ = self.events.send(Event::Ready { slot, pid });
+            }
+            Ok(FromWorker::Exiting { reason }) => {
+                tracing::debug!(worker = slot, worker_pid = pid, "leaving: {reason}");
+                self.planned = Some(reason);
+            }
+            Ok(FromWorker::Log {
+                level,
+                message,
+                fields,
+            }) => log_from_worker(slot, pid, level, &message, &fields),
+            Err(e) => tracing::warn!(worker = slot, worker_pid = pid, "{e}"),
+        }
+    }
+
+    fn on_output(&mut self, stream: Stream, line: String) {
+        let (slot, pid) = (self.slot, self.pid);
+        match stream {
+            Stream::Stdout => tracing::info!(worker = slot, worker_pid = pid, "{line}"),
+            Stream::Stderr => {
+                tracing::warn!(worker = slot, worker_pid = pid, "{line}");
+                if self.stderr_tail.len() == STDERR_TAIL {
+                    self.stderr_tail.remove(0);
+                }
+                self.stderr_tail.push(line);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A log entry the worker wrote on its control channel, with the request it
+/// concerns as structured fields.
+fn log_from_worker(slot: u32, pid: u32, level: Level, message: &str, fields: &[(String, String)]) {
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    };
+    let (uri, script, method) = (
+        field("REQUEST_URI"),
+        field("SCRIPT_FILENAME"),
+        field("REQUEST_METHOD"),
+    );
+    macro_rules! emit {
+        ($macro:ident) => {
+            tracing::$macro!(
+                worker = slot,
+                worker_pid = pid,
+                request_method = method,
+                request_uri = uri,
+                script_filename = script,
+                "{message}"
+            )
+        };
+    }
+    match level {
+        Level::Error => emit!(error),
+        Level::Warn => emit!(warn),
+        Level::Info => emit!(info),
+        Level::Debug => emit!(debug),
+    }
+}
+
+/// Reads lines of at most [`MAX_LINE`] bytes (a longer one comes out in
+/// pieces) as text, invalid UTF-8 replaced.
+struct LineReader<R> {
+    reader: R,
+    buf: Vec<u8>,
+    done: bool,
+}
+
+impl<R: AsyncBufRead + Unpin> LineReader<R> {
+    fn new(reader: R) -> Self {
+        LineReader {
+            reader,
+            buf: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// The next line without its newline, or `None` at end of input (or on a
+    /// read error, which for a pipe means the same).
+    async fn next(&mut self) -> Option<String> {
+        self.buf.clear();
+        loop {
+            let available = match self.reader.fill_buf().await {
+                Ok(bytes) => bytes,
+                Err(_) => &[],
+            };
+            if available.is_empty() {
+                self.done = true;
+                return (!self.buf.is_empty()).then(|| self.take());
+            }
+            let room = MAX_LINE - self.buf.len();
+            let chunk = &available[..available.len().min(room)];
+            match chunk.iter().position(|&b| b == b'\n') {
+                Some(newline) => {
+                    self.buf.extend_from_slice(&chunk[..newline]);
+                    self.reader.consume(newline + 1);
+                    return Some(self.take());
+                }
+                None => {
+                    let n = chunk.len();
+                    self.buf.extend_from_slice(chunk);
+                    self.reader.consume(n);
+                    if self.buf.len() == MAX_LINE {
+                        return Some(self.take());
+                    }
+                }
+            }
+        }
+    }
+
+    fn take(&mut self) -> String {
+        if self.buf.last() == Some(&b'\r') {
+            self.buf.pop();
+        }
+        String::from_utf8_lossy(&self.buf).into_owned()
+    }
+}
