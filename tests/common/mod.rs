@@ -60,6 +60,8 @@ pub struct Options {
     pub extra_args: Vec<String>,
     /// Listen on TCP 127.0.0.1:free port instead of a unix socket.
     pub tcp: bool,
+    /// Listen on this unix socket path instead of one in the temp dir.
+    pub unix_path: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -69,6 +71,7 @@ impl Default for Options {
             config: None,
             extra_args: Vec::new(),
             tcp: false,
+            unix_path: None,
         }
     }
 }
@@ -89,7 +92,10 @@ impl Daemon {
             let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
             (addr.to_string(), Addr::Tcp(addr))
         } else {
-            let path = dir.path().join("fcgi.sock");
+            let path = options
+                .unix_path
+                .clone()
+                .unwrap_or_else(|| dir.path().join("fcgi.sock"));
             (path.display().to_string(), Addr::Unix(path))
         };
         let mut cmd = Command::new(bin());
