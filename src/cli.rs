@@ -20,7 +20,7 @@ use clap::{ArgAction, Parser};
 /// that die, and logs what they print. The listening socket is, in this
 /// order: the one systemd passes (socket activation), a listening socket on
 /// standard input (spawn-fcgi), or the address given with -l.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "julia-fcgi",
     version,
@@ -73,6 +73,19 @@ pub struct Cli {
     /// Owner of a unix socket julia-fcgi binds itself: USER or USER:GROUP
     #[arg(long = "socket-owner", value_name = "USER[:GROUP]")]
     pub socket_owner: Option<String>,
+
+    /// User the workers (and the master, after binding) run as, when started
+    /// as root [default: julia-fcgi]
+    #[arg(short = 'u', long = "user", value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Group for --user [default: the user's primary group]
+    #[arg(short = 'g', long = "group", value_name = "GROUP")]
+    pub group: Option<String>,
+
+    /// Allow pages to run as root (never do this in production)
+    #[arg(short = 'R', long = "allow-to-run-as-root")]
+    pub allow_root: bool,
 
     /// Log level (error, warn, info, debug, trace) or a RUST_LOG-style filter
     /// [default: info, or RUST_LOG]

@@ -14,6 +14,19 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::cli::Cli;
+use crate::privileges::{self, Identity};
+
+/// The default service user, created by the packages.
+pub const DEFAULT_USER: &str = "julia-fcgi";
+
+/// Where log records go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    /// The journal when stderr is connected to it (`JOURNAL_STREAM`).
+    Auto,
+    Journal,
+    Stderr,
+}
 
 /// Where the installed worker lives (the packages put it there).
 pub const INSTALLED_WORKER: &str = "/usr/share/julia-fcgi/worker.jl";
@@ -56,6 +69,14 @@ pub struct FileConfig {
     pub socket_mode: Option<String>,
     pub socket_owner: Option<String>,
     pub log_level: Option<String>,
+    /// Where logs go: "auto" (the journal when stderr is connected to it),
+    /// "journal" or "stderr".
+    pub log_target: Option<String>,
+    /// Service user when started as root.
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// Let pages run as root. Never in production.
+    pub allow_to_run_as_root: Option<bool>,
     /// Page extensions that may run (PHP-FPM's `security.limit_extensions`).
     pub limit_extensions: Option<Vec<String>>,
     /// Directories outside which no page runs; empty means anywhere.
@@ -78,9 +99,17 @@ impl FileConfig {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.message().to_owned(),
+        toml::from_str(&text).map_err(|e| {
+            // Name the line, so the setting at fault is obvious.
+            let place = e.span().map(|span| {
+                let line_no = text[..span.start].matches('\n').count() + 1;
+                let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+                format!("line {line_no} (`{line}`): ")
+            });
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!("{}{}", place.unwrap_or_default(), e.message()),
+            }
         })
     }
 }
@@ -173,6 +202,9 @@ pub struct Settings {
     pub socket_mode: u32,
     pub socket_owner: Option<String>,
     pub log_level: Option<String>,
+    pub log_target: LogTarget,
+    /// Who to become after binding, when started as root.
+    pub identity: Option<Identity>,
     pub pages: PageSettings,
     pub worker_start_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -210,12 +242,31 @@ impl Settings {
             Some(path) => check_worker_file(path)?,
             None => default_worker_file()?,
         };
+        let identity = resolve_identity(
+            cli.user.as_deref().or(file.user.as_deref()),
+            cli.group.as_deref().or(file.group.as_deref()),
+            cli.allow_root || file.allow_to_run_as_root.unwrap_or(false),
+        )?;
+        // A dropped-to user gets its own home unless one is given: root's
+        // $HOME is no place for the workers.
         let home = cli
             .home
             .clone()
             .or(file.home)
+            .or_else(|| identity.as_ref().map(|id| id.home.clone()))
             .or_else(|| std::env::var_os("HOME").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("/home"));
+        let log_target = match file.log_target.as_deref().unwrap_or("auto") {
+            "auto" => LogTarget::Auto,
+            "journal" => LogTarget::Journal,
+            "stderr" => LogTarget::Stderr,
+            other => {
+                return Err(invalid(
+                    "log_target",
+                    format!("{other:?}: expected \"auto\", \"journal\" or \"stderr\""),
+                ))
+            }
+        };
         let socket_mode = cli
             .socket_mode
             .as_deref()
@@ -247,6 +298,8 @@ impl Settings {
             socket_mode,
             socket_owner: cli.socket_owner.clone().or(file.socket_owner),
             log_level: cli.log_level.clone().or(file.log_level),
+            log_target,
+            identity,
             pages,
             worker_start_timeout: duration(
                 "worker_start_timeout",
@@ -257,6 +310,42 @@ impl Settings {
             compat_socket: cli.socket.clone(),
         })
     }
+}
+
+/// Started as root: whom to become (pages as root are refused unless
+/// allowed). Started unprivileged: nobody; there is nothing to drop.
+fn resolve_identity(
+    user: Option<&str>,
+    group: Option<&str>,
+    allow_root: bool,
+) -> Result<Option<Identity>, ConfigError> {
+    let me = nix::unistd::geteuid();
+    if !me.is_root() {
+        if let Some(user) = user {
+            let wanted =
+                privileges::resolve(user, group).map_err(|e| invalid("user", e.to_string()))?;
+            if wanted.uid != me {
+                return Err(invalid(
+                    "user",
+                    format!("{user:?}: switching users needs root, and this runs as uid {me}"),
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    let identity = match (user, allow_root) {
+        (None, true) => return Ok(None),
+        (user, _) => privileges::resolve(user.unwrap_or(DEFAULT_USER), group)
+            .map_err(|e| invalid("user", e.to_string()))?,
+    };
+    if identity.uid.is_root() && !allow_root {
+        return Err(invalid(
+            "user",
+            "refusing to run pages as root; set another user, or pass \
+             -R/--allow-to-run-as-root (allow_to_run_as_root = true) if you really mean it",
+        ));
+    }
+    Ok((!identity.uid.is_root()).then_some(identity))
 }
 
 /// `julia` without a slash is looked up in `PATH`, like a shell would.

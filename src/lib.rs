@@ -21,7 +21,9 @@
 //!   (`julia/INTERFACE.md`).
 //! - [`worker`]: one Julia process and the actor task that owns it.
 //! - [`pool`]: the supervisor: slots, replacement, back-off, draining.
-//! - [`logging`]: `tracing` set-up.
+//! - [`privileges`]: dropping root for good.
+//! - [`notify`]: `sd_notify` readiness, status, watchdog.
+//! - [`logging`]: `tracing` to the journal or stderr.
 //!
 //! `main.rs` only parses arguments and wires these together.
 
@@ -30,5 +32,7 @@ pub mod config;
 pub mod control;
 pub mod listen;
 pub mod logging;
+pub mod notify;
 pub mod pool;
+pub mod privileges;
 pub mod worker;

@@ -36,9 +36,19 @@ pub struct Listener {
     pub owned_path: Option<PathBuf>,
 }
 
+/// The sockets the master serves on.
+#[derive(Debug)]
+pub struct Sockets {
+    /// Shared by the workers as their fd 0.
+    pub fastcgi: Listener,
+    /// A listening socket for the master's status page, when systemd passed
+    /// one named [`STATUS_FD_NAME`].
+    pub status: Option<OwnedFd>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
-    #[error("systemd passed fd {fd}, which is not a listening stream socket ({why})")]
+    #[error("systemd passed fd {fd}, which is not a listening stream socket ({why}); check ListenStream= in the socket unit")]
     NotListening { fd: RawFd, why: String },
     #[error("systemd socket activation: {0}")]
     Activation(String),
@@ -55,9 +65,9 @@ pub enum ListenError {
 impl Listener {
     /// Finds or creates the listening socket. Runs before the async runtime
     /// starts (it edits the environment, which is not thread-safe).
-    pub fn acquire(settings: &Settings) -> Result<Self, ListenError> {
-        if let Some(listener) = from_systemd()? {
-            return Ok(listener);
+    pub fn acquire(settings: &Settings) -> Result<Sockets, ListenError> {
+        if let Some((fastcgi, status)) = from_systemd()? {
+            return Ok(Sockets { fastcgi, status });
         }
         // SAFETY: fd 0 stays open for the life of the process; it is only
         // borrowed for the duration of these calls.
@@ -66,14 +76,21 @@ impl Listener {
             let fd = stdin
                 .try_clone_to_owned()
                 .map_err(|source| bind_error("fd 0", source))?;
-            return Ok(Listener {
+            let fastcgi = Listener {
                 description: describe(&fd),
                 fd,
                 origin: Origin::Stdin,
                 owned_path: None,
+            };
+            return Ok(Sockets {
+                fastcgi,
+                status: None,
             });
         }
-        bind(settings)
+        Ok(Sockets {
+            fastcgi: bind(settings)?,
+            status: None,
+        })
     }
 }
 
@@ -99,53 +116,70 @@ fn is_listening_stream(fd: BorrowedFd<'_>) -> Result<(), String> {
     }
 }
 
-fn from_systemd() -> Result<Option<Listener>, ListenError> {
-    let count = match std::env::var("LISTEN_FDS") {
-        Ok(count) => count,
-        Err(_) => return Ok(None),
-    };
-    let pid_matches = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|pid| pid.parse::<u32>().ok())
-        .is_some_and(|pid| pid == std::process::id());
-    // Never let the workers (or anything they start) see these.
-    std::env::remove_var("LISTEN_FDS");
-    std::env::remove_var("LISTEN_PID");
-    std::env::remove_var("LISTEN_FDNAMES");
-    if !pid_matches {
-        // Meant for another process (e.g. inherited through a wrapper).
+/// The name a socket unit gives the status socket (`FileDescriptorName=`).
+pub const STATUS_FD_NAME: &str = "status";
+
+/// Takes the sockets systemd passed: the FastCGI socket, and the status
+/// socket if one is named [`STATUS_FD_NAME`]. The variables are removed from
+/// the environment either way, so nothing started later mistakes them.
+fn from_systemd() -> Result<Option<(Listener, Option<OwnedFd>)>, ListenError> {
+    let activation = |why: String| ListenError::Activation(why);
+    let Ok(count) = std::env::var("LISTEN_FDS") else {
         return Ok(None);
+    };
+    match std::env::var("LISTEN_PID") {
+        Err(_) => {
+            return Err(activation(format!(
+                "LISTEN_FDS={count} is set but LISTEN_PID is not"
+            )))
+        }
+        Ok(pid) if pid.parse::<u32>().ok() != Some(std::process::id()) => {
+            tracing::warn!(
+                "ignoring LISTEN_FDS={count}: it was meant for pid {pid}, not this process"
+            );
+            std::env::remove_var("LISTEN_FDS");
+            std::env::remove_var("LISTEN_PID");
+            std::env::remove_var("LISTEN_FDNAMES");
+            return Ok(None);
+        }
+        Ok(_) => {}
     }
-    let count: i32 = count
-        .parse()
-        .map_err(|_| ListenError::Activation(format!("LISTEN_FDS={count:?} is not a number")))?;
-    if count < 1 {
-        return Err(ListenError::Activation(
-            "LISTEN_FDS is 0: the socket unit passed no socket".into(),
-        ));
+    let passed: Vec<(RawFd, String)> = sd_notify::listen_fds_with_names(true)
+        .map_err(|e| activation(format!("{e} (LISTEN_FDS={count})")))?
+        .collect();
+    // SAFETY: systemd passed these fds open to this process (LISTEN_PID
+    // matched); each is taken over exactly once, here.
+    let mut owned: Vec<(OwnedFd, String)> = passed
+        .into_iter()
+        .map(|(fd, name)| (unsafe { OwnedFd::from_raw_fd(fd) }, name))
+        .collect();
+    for (fd, name) in &owned {
+        is_listening_stream(fd.as_fd()).map_err(|why| ListenError::NotListening {
+            fd: fd.as_raw_fd(),
+            why: format!("{why}; name {name:?}"),
+        })?;
     }
-    const SD_LISTEN_FDS_START: RawFd = 3;
-    // SAFETY: systemd passes fds 3..3+LISTEN_FDS open to this process; each
-    // is taken over exactly once, here.
-    let fd = unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) };
-    is_listening_stream(fd.as_fd()).map_err(|why| ListenError::NotListening {
-        fd: SD_LISTEN_FDS_START,
-        why,
-    })?;
-    set_cloexec(&fd);
-    Ok(Some(Listener {
+    let status = owned
+        .iter()
+        .position(|(_, name)| name == STATUS_FD_NAME)
+        .map(|i| owned.remove(i).0);
+    let names: Vec<&str> = owned.iter().map(|(_, name)| name.as_str()).collect();
+    if owned.len() != 1 {
+        return Err(activation(format!(
+            "expected one FastCGI socket (and optionally one named {STATUS_FD_NAME:?}), \
+             got {} ({})",
+            owned.len(),
+            names.join(", ")
+        )));
+    }
+    let (fd, _) = owned.remove(0);
+    let listener = Listener {
         description: describe(&fd),
         fd,
         origin: Origin::Systemd,
         owned_path: None,
-    }))
-}
-
-/// The master's own copy never leaks into a child by accident; a worker gets
-/// it only as the explicitly passed fd 0.
-fn set_cloexec(fd: &OwnedFd) {
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    };
+    Ok(Some((listener, status)))
 }
 
 fn bind_error(addr: impl ToString, source: impl Into<io::Error>) -> ListenError {
@@ -184,6 +218,7 @@ fn bind(settings: &Settings) -> Result<Listener, ListenError> {
 
 fn bind_unix(path: &Path, backlog: Backlog, settings: &Settings) -> Result<Listener, ListenError> {
     let err = |e: io::Error| bind_error(format!("unix:{}", path.display()), e);
+    create_parent(path, settings).map_err(err)?;
     remove_stale_socket(path)?;
     let fd = socket::socket(
         AddressFamily::Unix,
@@ -215,6 +250,24 @@ fn bind_unix(path: &Path, backlog: Backlog, settings: &Settings) -> Result<Liste
         nix::unistd::chown(path, uid, gid).map_err(|e| err(e.into()))?;
     }
     Ok(listener)
+}
+
+/// The runtime directory (e.g. /run/julia-fcgi) is made here when missing,
+/// while the master may still be root, and given to the service user.
+fn create_parent(path: &Path, settings: &Settings) -> io::Result<()> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    if let Some(identity) = &settings.identity {
+        nix::unistd::chown(dir, Some(identity.uid), Some(identity.gid))?;
+    }
+    tracing::info!("created {}", dir.display());
+    Ok(())
 }
 
 /// A socket file left by a process that died is replaced; one somebody

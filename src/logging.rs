@@ -1,22 +1,75 @@
-//! Logging set-up: `tracing` to stderr, one line per event, with the
-//! worker's number and pid as fields so every line a worker printed can be
-//! traced back to it.
+//! Logging set-up: `tracing` to the journal when stderr is connected to it,
+//! else human-readable lines on stderr.
+//!
+//! Fields become journal fields: `worker` and `worker_pid` are `WORKER` and
+//! `WORKER_PID`, `request_uri` is `REQUEST_URI`, so `journalctl -u julia-fcgi
+//! WORKER=1` shows one worker's lines. Every line a worker prints is one
+//! entry; the journal's native protocol has no line length limit.
 
+use std::os::fd::AsRawFd;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+
+use crate::config::LogTarget;
+
+pub const SYSLOG_IDENTIFIER: &str = "julia-fcgi";
 
 /// `level` (from `--log-level` or the config) wins over `RUST_LOG`; the
 /// default is `info`. Returns a message when the filter could not be used.
-pub fn init(level: Option<&str>) -> Result<(), String> {
+pub fn init(level: Option<&str>, target: LogTarget) -> Result<(), String> {
     let filter = match level {
         Some(level) => {
             EnvFilter::try_new(level).map_err(|e| format!("invalid log level {level:?}: {e}"))?
         }
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
+    let journal = match target {
+        LogTarget::Stderr => false,
+        LogTarget::Journal => true,
+        LogTarget::Auto => stderr_is_journal(),
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    if journal {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                let layer = layer
+                    .with_field_prefix(None)
+                    .with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned());
+                registry.with(layer).init();
+                return Ok(());
+            }
+            Err(e) if target == LogTarget::Journal => {
+                return Err(format!("cannot connect to the journal: {e}"));
+            }
+            // Auto: the journal went away; stderr still reaches somebody.
+            Err(_) => {}
+        }
+    }
+    registry
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_writer(std::io::stderr),
+        )
         .init();
     Ok(())
+}
+
+/// systemd sets `JOURNAL_STREAM=DEV:INODE` for a service whose stderr is
+/// the journal; it only counts while stderr is still that very stream.
+fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    match nix::sys::stat::fstat(std::io::stderr().as_raw_fd()) {
+        Ok(st) => {
+            dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
+        }
+        Err(_) => false,
+    }
 }

@@ -1,42 +1,76 @@
-//! The `julia-fcgi` binary: parse, validate, acquire the socket, run the pool.
+//! The `julia-fcgi` binary: parse, validate, acquire the socket, drop
+//! privileges, run the pool; turn signals into stops and reloads.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{CommandFactory, Parser};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use julia_fcgi::cli::Cli;
 use julia_fcgi::config::{ListenAddr, Settings};
-use julia_fcgi::listen::Listener;
-use julia_fcgi::pool::{self, Pool};
-use julia_fcgi::{logging, worker};
+use julia_fcgi::listen::{Listener, Origin, Sockets};
+use julia_fcgi::notify::{self, Notifier};
+use julia_fcgi::pool::{self, Pool, Reload};
+use julia_fcgi::{logging, privileges, worker};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => parse_error(e),
+    };
     let settings = match Settings::resolve(&cli) {
         Ok(settings) => settings,
         // Usage text and exit 2, like clap's own errors, before anything runs.
-        Err(e) => Cli::command()
-            .error(clap::error::ErrorKind::ValueValidation, e)
-            .exit(),
+        Err(e) => usage_error(e),
     };
-    if let Err(e) = logging::init(settings.log_level.as_deref()) {
-        Cli::command()
-            .error(clap::error::ErrorKind::ValueValidation, e)
-            .exit();
+    if let Err(e) = logging::init(settings.log_level.as_deref(), settings.log_target) {
+        usage_error(e);
     }
-    match run(settings) {
+    let notifier = Arc::new(Notifier::from_env());
+    match run(cli, settings, notifier.clone()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
+            let errno = e
+                .chain()
+                .find_map(|cause| cause.downcast_ref::<std::io::Error>())
+                .and_then(std::io::Error::raw_os_error)
+                .map_or(libc::EIO, |errno| errno);
+            notifier.fatal(errno as u32, &format!("failed: {e:#}"));
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(settings: Settings) -> anyhow::Result<()> {
+/// clap's own errors, always with the usage line (clap leaves it out of
+/// some, such as a value that does not parse).
+fn parse_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    let rendered = e.render().to_string();
+    if rendered.contains("Usage:") {
+        e.exit();
+    }
+    let usage = Cli::command().render_usage().to_string();
+    let text = match rendered.split_once("\nFor more information") {
+        Some((message, tip)) => format!("{message}\n{usage}\n\nFor more information{tip}"),
+        None => format!("{rendered}\n{usage}\n"),
+    };
+    eprint!("{text}");
+    std::process::exit(2);
+}
+
+fn usage_error(message: impl std::fmt::Display) -> ! {
+    Cli::command()
+        .error(clap::error::ErrorKind::ValueValidation, message)
+        .exit()
+}
+
+fn run(cli: Cli, settings: Settings, notifier: Arc<Notifier>) -> anyhow::Result<()> {
     if let Some(path) = &settings.compat_socket {
         tracing::warn!(
             "-s {} ignored: workers accept FastCGI connections directly, \
@@ -44,67 +78,145 @@ fn run(settings: Settings) -> anyhow::Result<()> {
             path.display()
         );
     }
-    let listener = Listener::acquire(&settings)?;
+    let sockets = Listener::acquire(&settings)?;
     if let (
-        julia_fcgi::listen::Origin::Bound,
+        Origin::Bound,
         ListenAddr::Tcp {
             all_interfaces: true,
             addr,
         },
-    ) = (&listener.origin, &settings.listen)
+    ) = (&sockets.fastcgi.origin, &settings.listen)
     {
         tracing::warn!(
             "listening on every interface ({addr}): anyone who can reach this port can run \
              any .jl file this user can read; prefer 127.0.0.1 or a unix socket"
         );
     }
+    // Everything that needs root is done: become the service user for good,
+    // before any thread exists.
+    if let Some(identity) = &settings.identity {
+        privileges::drop_to(identity)?;
+        tracing::info!(
+            "running as user {} (uid {}, gid {})",
+            identity.user,
+            identity.uid,
+            identity.gid
+        );
+    }
+    privileges::no_new_privileges()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(settings, listener))
+    runtime.block_on(serve(cli, settings, sockets, notifier))
 }
 
-async fn serve(settings: Settings, listener: Listener) -> anyhow::Result<()> {
-    let listener_fd = Arc::new(listener.fd.try_clone()?);
+async fn serve(
+    cli: Cli,
+    settings: Settings,
+    sockets: Sockets,
+    notifier: Arc<Notifier>,
+) -> anyhow::Result<()> {
+    if sockets.status.is_some() {
+        tracing::warn!("systemd passed a status socket; this version does not serve status yet");
+    }
+    let listener = Arc::new(sockets.fastcgi.fd.try_clone()?);
+    let listening_on = sockets.fastcgi.description.clone();
+    let (spec, options) = pool_config(&settings, listener.clone(), &listening_on);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+    let signals = Signals {
+        cli,
+        running: settings,
+        listener,
+        listening_on,
+        notifier: notifier.clone(),
+        stop: stop_tx,
+        reload: reload_tx,
+    };
+    tokio::spawn(signals.run());
+    Pool::new(spec, options, notifier)
+        .run(stop_rx, reload_rx, notify::watchdog_period())
+        .await?;
+    drop(sockets);
+    Ok(())
+}
+
+fn pool_config(
+    settings: &Settings,
+    listener: Arc<std::os::fd::OwnedFd>,
+    listening_on: &str,
+) -> (worker::Spec, pool::Options) {
     let spec = worker::Spec {
         julia: settings.julia.clone(),
         worker_file: settings.worker_file.clone(),
-        env: worker_env(&settings),
-        listener: listener_fd,
+        env: worker_env(settings),
+        listener,
     };
     let options = pool::Options {
         size: settings.workers.get(),
         start_timeout: settings.worker_start_timeout,
         shutdown_grace: settings.shutdown_grace,
-        listening_on: listener.description.clone(),
+        listening_on: listening_on.to_owned(),
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(wait_for_stop_signal(stop_tx));
-    Pool::new(spec, options).run(stop_rx).await?;
-    drop(listener);
-    Ok(())
+    (spec, options)
 }
 
-/// SIGTERM or SIGINT: stop gracefully. SIGHUP must not kill the master (its
-/// default action); reloading is not implemented yet, so it is only logged.
-async fn wait_for_stop_signal(stop: watch::Sender<bool>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; SIGTERM will kill workers ungracefully");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = hup.recv() => tracing::warn!("SIGHUP ignored: reload is not supported yet"),
+/// Turns signals into pool commands: SIGTERM/SIGINT stop gracefully, SIGHUP
+/// re-reads the configuration and, when it is valid, rolls the pool over.
+struct Signals {
+    cli: Cli,
+    running: Settings,
+    listener: Arc<std::os::fd::OwnedFd>,
+    listening_on: String,
+    notifier: Arc<Notifier>,
+    stop: watch::Sender<bool>,
+    reload: mpsc::UnboundedSender<Reload>,
+}
+
+impl Signals {
+    async fn run(mut self) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stopping will not be graceful");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+                _ = hup.recv() => self.reload(),
+            }
         }
+        self.notifier.stopping();
+        let _ = self.stop.send(true);
     }
-    let _ = stop.send(true);
+
+    fn reload(&mut self) {
+        tracing::info!("SIGHUP: re-reading the configuration");
+        let settings = match Settings::resolve(&self.cli) {
+            Ok(settings) => settings,
+            Err(e) => {
+                tracing::error!("reload refused, still running the previous configuration: {e}");
+                return;
+            }
+        };
+        for (what, changed) in [
+            ("listen", settings.listen != self.running.listen),
+            ("user", settings.identity != self.running.identity),
+            ("log_target", settings.log_target != self.running.log_target),
+        ] {
+            if changed {
+                tracing::warn!("{what} changed; that takes a restart, not a reload");
+            }
+        }
+        let (spec, options) = pool_config(&settings, self.listener.clone(), &self.listening_on);
+        self.running = settings;
+        let _ = self.reload.send(Reload { spec, options });
+    }
 }
 
 /// The workers' whole environment: `julia/INTERFACE.md` lists each variable.
@@ -141,13 +253,7 @@ fn worker_env(settings: &Settings) -> Vec<(OsString, OsString)> {
             pages.read_timeout.as_secs_f64().to_string().into(),
         ),
     ];
-    for name in [
-        "LANG",
-        "LC_ALL",
-        "JULIA_DEPOT_PATH",
-        "JULIA_LOAD_PATH",
-        "LD_LIBRARY_PATH",
-    ] {
+    for name in ["LANG", "LC_ALL", "JULIA_DEPOT_PATH", "JULIA_LOAD_PATH"] {
         if let Some(value) = std::env::var_os(name) {
             env.push((name.into(), value));
         }

@@ -1,15 +1,18 @@
 //! The supervisor: keeps `N` workers alive, replaces the ones that die, backs
-//! off from crash loops, and stops them all gracefully.
+//! off from crash loops, rolls the pool over on reload, and stops it
+//! gracefully. It also tells systemd how things are ([`Notifier`]).
 //!
-//! Each worker slot is a small state machine ([`SlotState`]); events from the
-//! worker actors and timers move it. The pool never waits on a worker: it
-//! reacts to [`worker::Event`]s and deadlines in one loop.
+//! Each worker slot is a small state machine ([`SlotState`]); worker events,
+//! timers, reloads and the stop signal move it, all from one loop that never
+//! waits on a worker.
 //!
 //! Failure policy, and why:
 //! - A worker that dies after it was ready is replaced at once the first
 //!   time: one crash must not cost capacity. Repeated crashes of a slot within
 //!   [`CRASH_WINDOW`] back off exponentially up to [`MAX_BACKOFF`], said in
-//!   the log, so a page that kills its worker cannot make a restart storm.
+//!   the log and in `STATUS=`, so a page that kills its worker cannot make a
+//!   restart storm. The master never exits over crashes: systemd would only
+//!   restart it into the same storm.
 //! - A worker that cannot start (bad worker file, broken Julia) is reported
 //!   with its stderr. Before any worker was ever ready that is a setup error:
 //!   after [`START_ATTEMPTS`] failures the master exits with the cause rather
@@ -17,11 +20,13 @@
 //!   are retried with back-off while the others keep serving.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::notify::Notifier;
 use crate::worker::{self, Event, Exit, Handle, Spec};
 
 /// Crashes of one slot counted together for back-off.
@@ -30,6 +35,13 @@ pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Failed starts in a row, before the pool ever was ready, that end the master.
 pub const START_ATTEMPTS: u32 = 3;
+/// While starting, systemd's start timeout is pushed this far ahead…
+const EXTEND_BY: Duration = Duration::from_secs(30);
+/// …this often, for as long as workers are still warming up.
+const EXTEND_EVERY: Duration = Duration::from_secs(10);
+/// A deadline the pool's own timers overran by more than this means the
+/// supervisor is not doing its job: the watchdog is then withheld.
+const OVERDUE: Duration = Duration::from_secs(5);
 
 /// Why the pool gave up.
 #[derive(Debug, thiserror::Error)]
@@ -38,13 +50,21 @@ pub enum PoolError {
     CannotStart { attempts: u32, cause: String },
 }
 
-#[derive(Debug)]
+/// The pool's shape; a reload may change every field but `listening_on`.
+#[derive(Debug, Clone)]
 pub struct Options {
     pub size: u32,
     pub start_timeout: Duration,
     pub shutdown_grace: Duration,
     /// For the log: what the pool serves on.
     pub listening_on: String,
+}
+
+/// A new configuration to roll the pool over to.
+#[derive(Debug)]
+pub struct Reload {
+    pub spec: Spec,
+    pub options: Options,
 }
 
 /// Where one worker slot is in its life.
@@ -54,18 +74,18 @@ enum SlotState {
     Starting { handle: Handle, deadline: Instant },
     /// Ready and accepting connections.
     Running { handle: Handle },
-    /// Told to stop; killed at `deadline` if still there.
-    Stopping { handle: Handle, deadline: Instant },
     /// Waiting out a back-off before the next start.
     Waiting { until: Instant },
-    /// Nothing, and nothing planned (pool shutting down).
-    Empty,
 }
 
 #[derive(Debug)]
 struct Slot {
     number: u32,
     state: SlotState,
+    /// The configuration generation its current worker was started with.
+    generation: u64,
+    /// A new-generation worker warming up to take this slot over (reload).
+    successor: Option<(Handle, Instant)>,
     /// When this slot's recent unplanned deaths happened.
     crashes: VecDeque<Instant>,
     /// Failed starts since the last successful one.
@@ -73,64 +93,104 @@ struct Slot {
 }
 
 impl Slot {
+    fn new(number: u32, generation: u64) -> Self {
+        Slot {
+            number,
+            state: SlotState::Waiting {
+                until: Instant::now(),
+            },
+            generation,
+            successor: None,
+            crashes: VecDeque::new(),
+            start_failures: 0,
+        }
+    }
+
     fn handle(&self) -> Option<&Handle> {
         match &self.state {
-            SlotState::Starting { handle, .. }
-            | SlotState::Running { handle }
-            | SlotState::Stopping { handle, .. } => Some(handle),
-            SlotState::Waiting { .. } | SlotState::Empty => None,
+            SlotState::Starting { handle, .. } | SlotState::Running { handle } => Some(handle),
+            SlotState::Waiting { .. } => None,
         }
     }
 }
 
+/// A worker told to leave (rolled over or scaled down); killed at `deadline`.
+#[derive(Debug)]
+struct Retiring {
+    handle: Handle,
+    deadline: Instant,
+    killed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Not every worker has been ready yet.
+    Starting,
+    Serving,
+    /// Rolling over to a new generation, one slot at a time.
+    Reloading,
+}
+
 pub struct Pool {
-    spec: Spec,
+    spec: Arc<Spec>,
+    /// The spec before a reload, to fall back to if the new one cannot start.
+    previous: Option<(Arc<Spec>, Options)>,
+    generation: u64,
     options: Options,
     slots: Vec<Slot>,
+    retiring: Vec<Retiring>,
+    phase: Phase,
+    ever_ready: bool,
+    notifier: Arc<Notifier>,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
-    /// Has every worker been ready at least once (start-up is over)?
-    announced: bool,
-    ever_ready: bool,
 }
 
 impl Pool {
-    pub fn new(spec: Spec, options: Options) -> Self {
+    pub fn new(spec: Spec, options: Options, notifier: Arc<Notifier>) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
-        let slots = (1..=options.size)
-            .map(|number| Slot {
-                number,
-                state: SlotState::Waiting {
-                    until: Instant::now(),
-                },
-                crashes: VecDeque::new(),
-                start_failures: 0,
-            })
-            .collect();
         Pool {
-            spec,
+            spec: Arc::new(spec),
+            previous: None,
+            generation: 1,
+            slots: (1..=options.size).map(|n| Slot::new(n, 1)).collect(),
             options,
-            slots,
+            retiring: Vec::new(),
+            phase: Phase::Starting,
+            ever_ready: false,
+            notifier,
             events_tx,
             events,
-            announced: false,
-            ever_ready: false,
         }
     }
 
     /// Runs the pool until `shutdown` turns true, then drains it.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), PoolError> {
+    pub async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+        mut reloads: mpsc::UnboundedReceiver<Reload>,
+        watchdog: Option<Duration>,
+    ) -> Result<(), PoolError> {
         tracing::info!(
             "starting {} worker(s) on {}",
             self.options.size,
             self.options.listening_on
         );
+        let mut watchdog = watchdog.map(tokio::time::interval);
+        let mut extend = tokio::time::interval(EXTEND_EVERY);
         loop {
             self.start_due();
+            self.advance_reload();
+            self.update_status();
             let deadline = self.next_deadline();
             tokio::select! {
                 Some(event) = self.events.recv() => self.on_event(event)?,
                 _ = sleep_until(deadline) => self.on_deadlines(),
+                Some(reload) = reloads.recv() => self.begin_reload(reload),
+                _ = tick(&mut watchdog) => self.watchdog(),
+                _ = extend.tick(), if self.phase == Phase::Starting => {
+                    self.notifier.extend_timeout(EXTEND_BY);
+                }
                 _ = shutdown.changed() => break,
             }
         }
@@ -153,7 +213,9 @@ impl Pool {
         match worker::spawn(&self.spec, number, self.events_tx.clone()) {
             Ok(handle) => {
                 tracing::debug!(worker = number, worker_pid = handle.pid, "worker started");
-                self.slots[index].state = SlotState::Starting {
+                let slot = &mut self.slots[index];
+                slot.generation = self.generation;
+                slot.state = SlotState::Starting {
                     handle,
                     deadline: Instant::now() + self.options.start_timeout,
                 };
@@ -166,244 +228,445 @@ impl Pool {
                 );
                 let slot = &mut self.slots[index];
                 slot.start_failures += 1;
-                let delay = backoff(slot.start_failures);
                 slot.state = SlotState::Waiting {
-                    until: Instant::now() + delay,
+                    until: Instant::now() + backoff(slot.start_failures),
                 };
             }
         }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.slots
-            .iter()
-            .filter_map(|slot| match &slot.state {
-                SlotState::Starting { deadline, .. } | SlotState::Stopping { deadline, .. } => {
-                    Some(*deadline)
-                }
+        let slots = self.slots.iter().flat_map(|slot| {
+            let own = match &slot.state {
+                SlotState::Starting { deadline, .. } => Some(*deadline),
                 SlotState::Waiting { until } => Some(*until),
-                SlotState::Running { .. } | SlotState::Empty => None,
-            })
-            .min()
+                SlotState::Running { .. } => None,
+            };
+            own.into_iter()
+                .chain(slot.successor.as_ref().map(|(_, d)| *d))
+        });
+        let retiring = self
+            .retiring
+            .iter()
+            .filter(|r| !r.killed)
+            .map(|r| r.deadline);
+        slots.chain(retiring).min()
     }
 
     /// Workers that overran their start-up or stop deadline are killed; their
     /// exit event then takes them through the usual path.
     fn on_deadlines(&mut self) {
         let now = Instant::now();
+        let timeout = self.options.start_timeout;
         for slot in &mut self.slots {
-            match &slot.state {
-                SlotState::Starting { handle, deadline } if *deadline <= now => {
+            if let SlotState::Starting { handle, deadline } = &mut slot.state {
+                if *deadline <= now {
                     tracing::error!(
                         worker = slot.number,
                         worker_pid = handle.pid,
-                        "worker did not report ready within {:?}; killing it",
-                        self.options.start_timeout
+                        "worker did not report ready within {timeout:?}; killing it"
                     );
                     handle.kill();
-                    // Not again until it is reaped.
-                    let handle = take_handle(&mut slot.state);
-                    slot.state = SlotState::Stopping {
-                        handle,
-                        deadline: now + Duration::from_secs(3600),
-                    };
+                    // Reaped soon; its exit event counts the failure.
+                    *deadline = now + Duration::from_secs(3600);
                 }
-                SlotState::Stopping { handle, deadline } if *deadline <= now => {
-                    tracing::warn!(
+            }
+            if let Some((handle, deadline)) = &mut slot.successor {
+                if *deadline <= now {
+                    tracing::error!(
                         worker = slot.number,
                         worker_pid = handle.pid,
-                        "worker still busy after the grace period; killing it"
+                        "new worker did not report ready within {timeout:?}; killing it"
                     );
                     handle.kill();
-                    let handle = take_handle(&mut slot.state);
-                    slot.state = SlotState::Stopping {
-                        handle,
-                        deadline: now + Duration::from_secs(3600),
-                    };
+                    *deadline = now + Duration::from_secs(3600);
                 }
-                _ => {}
+            }
+        }
+        for retiring in &mut self.retiring {
+            if !retiring.killed && retiring.deadline <= now {
+                tracing::warn!(
+                    worker = retiring.handle.slot,
+                    worker_pid = retiring.handle.pid,
+                    "worker still busy after the grace period; killing it"
+                );
+                retiring.handle.kill();
+                retiring.killed = true;
             }
         }
     }
 
     fn on_event(&mut self, event: Event) -> Result<(), PoolError> {
         match event {
-            Event::Ready { slot, pid } => self.on_ready(slot, pid),
-            Event::Exited(exit) => return self.on_exit(exit),
+            Event::Ready { slot, pid } => {
+                self.on_ready(slot, pid);
+                Ok(())
+            }
+            Event::Exited(exit) => self.on_exit(exit),
         }
-        Ok(())
     }
 
     fn on_ready(&mut self, number: u32, pid: u32) {
-        let Some(slot) = self.slot_of(number, pid) else {
+        let grace = self.options.shutdown_grace;
+        let generation = self.generation;
+        let Some(slot) = self.slots.iter_mut().find(|s| s.number == number) else {
             return;
         };
-        if let SlotState::Starting { .. } = slot.state {
+        if slot.successor.as_ref().is_some_and(|(h, _)| h.pid == pid) {
+            // Rolling over: the new worker serves, then the old one leaves.
+            let (successor, _) = slot.successor.take().expect("checked just above");
+            let old = std::mem::replace(&mut slot.state, SlotState::Running { handle: successor });
+            slot.generation = generation;
+            slot.start_failures = 0;
+            tracing::info!(worker = number, worker_pid = pid, "new worker ready");
+            if let SlotState::Running { handle } | SlotState::Starting { handle, .. } = old {
+                self.retire(handle, grace);
+            }
+            return;
+        }
+        if let SlotState::Starting { handle, .. } = &slot.state {
+            if handle.pid != pid {
+                return;
+            }
             let handle = take_handle(&mut slot.state);
             slot.state = SlotState::Running { handle };
             slot.start_failures = 0;
             tracing::info!(worker = number, worker_pid = pid, "worker ready");
         }
         self.ever_ready = true;
-        if !self.announced
-            && self
-                .slots
-                .iter()
-                .all(|slot| matches!(slot.state, SlotState::Running { .. }))
-        {
-            self.announced = true;
+        if self.phase == Phase::Starting && self.all_running() {
+            self.phase = Phase::Serving;
+            let status = self.status_text();
             tracing::info!(
                 "ready: {} worker(s) serving FastCGI on {}",
                 self.options.size,
                 self.options.listening_on
             );
+            self.notifier.ready(&status);
         }
+    }
+
+    fn all_running(&self) -> bool {
+        self.slots
+            .iter()
+            .all(|slot| matches!(slot.state, SlotState::Running { .. }))
+    }
+
+    fn retire(&mut self, handle: Handle, grace: Duration) {
+        handle.stop();
+        self.retiring.push(Retiring {
+            handle,
+            deadline: Instant::now() + grace,
+            killed: false,
+        });
     }
 
     fn on_exit(&mut self, exit: Exit) -> Result<(), PoolError> {
-        let ever_ready = self.ever_ready;
-        let Some(slot) = self.slot_of(exit.slot, exit.pid) else {
+        if let Some(i) = self.retiring.iter().position(|r| r.handle.pid == exit.pid) {
+            let how = describe_status(&exit);
+            tracing::debug!(
+                worker = exit.slot,
+                worker_pid = exit.pid,
+                "old worker left: {how}"
+            );
+            self.retiring.swap_remove(i);
+            return Ok(());
+        }
+        let Some(index) = self.slots.iter().position(|s| s.number == exit.slot) else {
             return Ok(());
         };
+        if self.slots[index]
+            .successor
+            .as_ref()
+            .is_some_and(|(h, _)| h.pid == exit.pid)
+        {
+            self.slots[index].successor = None;
+            self.successor_failed(index, &exit);
+            return Ok(());
+        }
+        if self.slots[index].handle().is_none_or(|h| h.pid != exit.pid) {
+            return Ok(());
+        }
+        let ever_ready = self.ever_ready;
+        let slot = &mut self.slots[index];
         let how = describe_status(&exit);
         let now = Instant::now();
-        let previous = std::mem::replace(&mut slot.state, SlotState::Empty);
-        match previous {
-            SlotState::Starting { .. } => {
-                slot.start_failures += 1;
-                let stderr = if exit.stderr_tail.is_empty() {
-                    "(it printed nothing on stderr)".to_owned()
-                } else {
-                    exit.stderr_tail.join("\n")
-                };
-                tracing::error!(
-                    worker = exit.slot,
-                    worker_pid = exit.pid,
-                    "worker failed to start: {how}; its stderr:\n{stderr}"
-                );
-                if !ever_ready && slot.start_failures >= START_ATTEMPTS {
-                    return Err(PoolError::CannotStart {
-                        attempts: slot.start_failures,
-                        cause: format!("{how}; last stderr line: {}", last_line(&exit)),
-                    });
-                }
-                let delay = backoff(slot.start_failures);
-                tracing::warn!(worker = exit.slot, "next start in {delay:?}");
-                slot.state = SlotState::Waiting { until: now + delay };
+        let was_running = matches!(slot.state, SlotState::Running { .. });
+        if !was_running {
+            slot.start_failures += 1;
+            tracing::error!(
+                worker = exit.slot,
+                worker_pid = exit.pid,
+                "worker failed to start: {how}; its stderr:\n{}",
+                stderr_text(&exit)
+            );
+            if !ever_ready && slot.start_failures >= START_ATTEMPTS {
+                return Err(PoolError::CannotStart {
+                    attempts: slot.start_failures,
+                    cause: format!("{how}; last stderr line: {}", last_line(&exit)),
+                });
             }
-            SlotState::Running { .. } => {
-                if let Some(reason) = &exit.planned {
-                    tracing::info!(
-                        worker = exit.slot,
-                        worker_pid = exit.pid,
-                        "worker left ({reason}); replacing it"
-                    );
-                    slot.state = SlotState::Waiting { until: now };
-                } else {
-                    slot.crashes.push_back(now);
-                    while slot
-                        .crashes
-                        .front()
-                        .is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW)
-                    {
-                        slot.crashes.pop_front();
-                    }
-                    let recent = slot.crashes.len() as u32;
-                    let delay = if recent <= 1 {
-                        Duration::ZERO
-                    } else {
-                        backoff(recent - 1)
-                    };
-                    if delay.is_zero() {
-                        tracing::error!(
-                            worker = exit.slot,
-                            worker_pid = exit.pid,
-                            "worker died: {how}; replacing it"
-                        );
-                    } else {
-                        tracing::error!(
-                            worker = exit.slot,
-                            worker_pid = exit.pid,
-                            "worker died: {how}; {recent} deaths in {CRASH_WINDOW:?}, \
-                             crash loop: next start in {delay:?}"
-                        );
-                    }
-                    slot.state = SlotState::Waiting { until: now + delay };
-                }
-            }
-            SlotState::Stopping { .. } => {
-                tracing::debug!(
-                    worker = exit.slot,
-                    worker_pid = exit.pid,
-                    "worker stopped: {how}"
-                );
-            }
-            SlotState::Waiting { .. } | SlotState::Empty => {}
+            let delay = backoff(slot.start_failures);
+            tracing::warn!(worker = exit.slot, "next start in {delay:?}");
+            slot.state = SlotState::Waiting { until: now + delay };
+            return Ok(());
         }
+        if let Some(reason) = &exit.planned {
+            tracing::info!(
+                worker = exit.slot,
+                worker_pid = exit.pid,
+                "worker left ({reason}); replacing it"
+            );
+            slot.state = SlotState::Waiting { until: now };
+            return Ok(());
+        }
+        slot.crashes.push_back(now);
+        while slot
+            .crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW)
+        {
+            slot.crashes.pop_front();
+        }
+        let recent = slot.crashes.len() as u32;
+        let delay = if recent <= 1 {
+            Duration::ZERO
+        } else {
+            backoff(recent - 1)
+        };
+        if delay.is_zero() {
+            tracing::error!(
+                worker = exit.slot,
+                worker_pid = exit.pid,
+                "worker died: {how}; replacing it"
+            );
+        } else {
+            tracing::error!(
+                worker = exit.slot,
+                worker_pid = exit.pid,
+                "worker died: {how}; {recent} deaths in {CRASH_WINDOW:?}, \
+                 crash loop: next start in {delay:?}"
+            );
+        }
+        slot.state = SlotState::Waiting { until: now + delay };
         Ok(())
     }
 
-    /// The slot whose current worker is `pid`; events of workers already
-    /// replaced are ignored.
-    fn slot_of(&mut self, number: u32, pid: u32) -> Option<&mut Slot> {
-        self.slots
-            .iter_mut()
-            .find(|slot| slot.number == number && slot.handle().is_some_and(|h| h.pid == pid))
+    /// Takes a new configuration: validated already, it is rolled out slot
+    /// by slot so that the pool never serves with fewer ready workers.
+    fn begin_reload(&mut self, reload: Reload) {
+        if self.phase == Phase::Reloading {
+            tracing::warn!("reload requested while a reload is in progress; starting over");
+        }
+        self.notifier.reloading();
+        let old_spec = std::mem::replace(&mut self.spec, Arc::new(reload.spec));
+        let old_options = std::mem::replace(&mut self.options, reload.options);
+        if self.previous.is_none() {
+            self.previous = Some((old_spec, old_options));
+        }
+        self.generation += 1;
+        self.resize();
+        self.phase = Phase::Reloading;
+        tracing::info!(
+            "reloading: rolling {} worker(s) over to configuration generation {}",
+            self.options.size,
+            self.generation
+        );
+    }
+
+    /// Grows or shrinks the pool to the configured size.
+    fn resize(&mut self) {
+        let size = self.options.size as usize;
+        while self.slots.len() < size {
+            let number = self.slots.len() as u32 + 1;
+            self.slots.push(Slot::new(number, self.generation));
+        }
+        let grace = self.options.shutdown_grace;
+        while self.slots.len() > size {
+            let slot = self.slots.pop().expect("more slots than wanted");
+            if let Some((successor, _)) = slot.successor {
+                self.retire(successor, grace);
+            }
+            if let SlotState::Starting { handle, .. } | SlotState::Running { handle } = slot.state {
+                self.retire(handle, grace);
+            }
+        }
+    }
+
+    /// One slot at a time: start a new-generation worker next to an old one.
+    fn advance_reload(&mut self) {
+        if self.phase != Phase::Reloading || self.slots.iter().any(|s| s.successor.is_some()) {
+            return;
+        }
+        let generation = self.generation;
+        let old = self.slots.iter().position(|s| {
+            s.generation < generation && matches!(s.state, SlotState::Running { .. })
+        });
+        match old {
+            Some(index) => {
+                let number = self.slots[index].number;
+                match worker::spawn(&self.spec, number, self.events_tx.clone()) {
+                    Ok(handle) => {
+                        let deadline = Instant::now() + self.options.start_timeout;
+                        self.slots[index].successor = Some((handle, deadline));
+                    }
+                    Err(e) => {
+                        tracing::error!(worker = number, "reload: cannot start a new worker: {e}");
+                        self.abort_reload();
+                    }
+                }
+            }
+            None if self.slots.iter().all(|s| {
+                s.generation == generation && matches!(s.state, SlotState::Running { .. })
+            }) =>
+            {
+                self.phase = Phase::Serving;
+                self.previous = None;
+                tracing::info!("reload complete: generation {generation} serving");
+                let status = self.status_text();
+                self.notifier.ready(&status);
+            }
+            // Some slot is still starting or backing off; wait for it.
+            None => {}
+        }
+    }
+
+    fn successor_failed(&mut self, index: usize, exit: &Exit) {
+        let how = describe_status(exit);
+        tracing::error!(
+            worker = exit.slot,
+            worker_pid = exit.pid,
+            "reload: new worker failed to start: {how}; its stderr:\n{}",
+            stderr_text(exit)
+        );
+        let slot = &mut self.slots[index];
+        slot.start_failures += 1;
+        if slot.start_failures >= START_ATTEMPTS {
+            self.abort_reload();
+        }
+    }
+
+    /// The new configuration cannot start workers: keep serving with the old
+    /// workers and the old configuration.
+    fn abort_reload(&mut self) {
+        let Some((spec, options)) = self.previous.take() else {
+            return;
+        };
+        tracing::error!(
+            "reload aborted: the new configuration cannot start workers; \
+             still serving with the previous one"
+        );
+        self.spec = spec;
+        self.options = options;
+        self.generation += 1;
+        let generation = self.generation;
+        for slot in &mut self.slots {
+            slot.generation = generation;
+            slot.start_failures = 0;
+        }
+        self.resize();
+        self.phase = Phase::Serving;
+        let status = self.status_text();
+        self.notifier.ready(&status);
+    }
+
+    /// `WATCHDOG=1`, but only while the supervisor does its job. Sent from
+    /// this loop, so a stuck loop stops it by itself. Withheld when the
+    /// pool's own timers are overdue: replacements not started, or hung
+    /// workers not killed, mean reaping and replacing are broken and a
+    /// restart by systemd is the cure. Never withheld because workers crash
+    /// or start slowly: back-off handles those, and a restart would only
+    /// repeat them (a restart storm).
+    fn watchdog(&mut self) {
+        let now = Instant::now();
+        let overdue = self.slots.iter().any(|slot| match &slot.state {
+            SlotState::Waiting { until } => now.saturating_duration_since(*until) > OVERDUE,
+            SlotState::Starting { deadline, .. } => {
+                now.saturating_duration_since(*deadline) > OVERDUE
+            }
+            SlotState::Running { .. } => false,
+        }) || self
+            .retiring
+            .iter()
+            .any(|r| now.saturating_duration_since(r.deadline) > OVERDUE + OVERDUE);
+        if overdue {
+            tracing::error!("supervisor timers are overdue; withholding the watchdog ping");
+        } else {
+            self.notifier.watchdog();
+        }
+    }
+
+    fn status_text(&self) -> String {
+        let ready = self
+            .slots
+            .iter()
+            .filter(|s| matches!(s.state, SlotState::Running { .. }))
+            .count();
+        let size = self.slots.len();
+        let mut text = match self.phase {
+            Phase::Starting => format!("starting workers: {ready}/{size} ready"),
+            Phase::Serving => format!("{ready}/{size} workers ready"),
+            Phase::Reloading => {
+                let done = self
+                    .slots
+                    .iter()
+                    .filter(|s| s.generation == self.generation)
+                    .count();
+                format!("{ready}/{size} workers ready; reloading: {done}/{size} replaced")
+            }
+        };
+        let backing_off: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|s| s.crashes.len() > 1 && matches!(s.state, SlotState::Waiting { .. }))
+            .map(|s| format!("worker {} ({} crashes)", s.number, s.crashes.len()))
+            .collect();
+        if !backing_off.is_empty() {
+            text.push_str("; crash loop, backing off: ");
+            text.push_str(&backing_off.join(", "));
+        }
+        text
+    }
+
+    fn update_status(&self) {
+        self.notifier.status(&self.status_text());
     }
 
     /// Tells every worker to stop, waits for them up to the grace period,
     /// then kills what is left.
     async fn drain(&mut self) {
-        let deadline = Instant::now() + self.options.shutdown_grace;
-        let mut alive = 0;
-        for slot in &mut self.slots {
-            match std::mem::replace(&mut slot.state, SlotState::Empty) {
-                SlotState::Starting { handle, .. }
-                | SlotState::Running { handle }
-                | SlotState::Stopping { handle, .. } => {
-                    handle.stop();
-                    slot.state = SlotState::Stopping { handle, deadline };
-                    alive += 1;
-                }
-                SlotState::Waiting { .. } | SlotState::Empty => {}
+        self.notifier.stopping();
+        let grace = self.options.shutdown_grace;
+        for slot in std::mem::take(&mut self.slots) {
+            if let Some((successor, _)) = slot.successor {
+                self.retire(successor, grace);
+            }
+            if let SlotState::Starting { handle, .. } | SlotState::Running { handle } = slot.state {
+                self.retire(handle, grace);
             }
         }
         tracing::info!(
-            "stopping {alive} worker(s); requests in progress get {:?} to finish",
-            self.options.shutdown_grace
+            "stopping {} worker(s); requests in progress get {grace:?} to finish",
+            self.retiring.len()
         );
-        let mut killed = false;
-        while alive > 0 {
-            let wait = if killed {
-                Instant::now() + Duration::from_secs(5)
-            } else {
-                deadline
-            };
+        let give_up = Instant::now() + grace + Duration::from_secs(5);
+        while !self.retiring.is_empty() {
+            let deadline = self.next_deadline().unwrap_or(give_up).min(give_up);
             tokio::select! {
                 Some(event) = self.events.recv() => {
                     if let Event::Exited(exit) = event {
-                        if let Some(slot) = self.slot_of(exit.slot, exit.pid) {
-                            slot.state = SlotState::Empty;
-                            alive -= 1;
-                        }
+                        self.retiring.retain(|r| r.handle.pid != exit.pid);
                     }
                 }
-                _ = tokio::time::sleep_until(wait) => {
-                    if killed {
-                        tracing::error!("{alive} worker(s) did not exit even after SIGKILL");
+                _ = tokio::time::sleep_until(deadline) => {
+                    if Instant::now() >= give_up {
+                        tracing::error!(
+                            "{} worker(s) did not exit even after SIGKILL",
+                            self.retiring.len()
+                        );
                         return;
                     }
-                    for slot in &self.slots {
-                        if let Some(handle) = slot.handle() {
-                            tracing::warn!(
-                                worker = slot.number,
-                                worker_pid = handle.pid,
-                                "still running after the grace period; killing it"
-                            );
-                            handle.kill();
-                        }
-                    }
-                    killed = true;
+                    self.on_deadlines();
                 }
             }
         }
@@ -412,11 +675,12 @@ impl Pool {
 }
 
 fn take_handle(state: &mut SlotState) -> Handle {
-    match std::mem::replace(state, SlotState::Empty) {
-        SlotState::Starting { handle, .. }
-        | SlotState::Running { handle }
-        | SlotState::Stopping { handle, .. } => handle,
-        SlotState::Waiting { .. } | SlotState::Empty => {
+    let placeholder = SlotState::Waiting {
+        until: Instant::now(),
+    };
+    match std::mem::replace(state, placeholder) {
+        SlotState::Starting { handle, .. } | SlotState::Running { handle } => handle,
+        SlotState::Waiting { .. } => {
             unreachable!("take_handle is only called on states with a worker")
         }
     }
@@ -435,6 +699,15 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 fn describe_status(exit: &Exit) -> String {
     use std::os::unix::process::ExitStatusExt;
     match exit.status {
@@ -449,6 +722,14 @@ fn describe_status(exit: &Exit) -> String {
             }
             (None, None) => format!("ended ({status})"),
         },
+    }
+}
+
+fn stderr_text(exit: &Exit) -> String {
+    if exit.stderr_tail.is_empty() {
+        "(it printed nothing on stderr)".to_owned()
+    } else {
+        exit.stderr_tail.join("\n")
     }
 }
 

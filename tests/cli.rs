@@ -32,6 +32,7 @@ fn run_valid_base(extra: &[&str]) -> Outcome {
         "-v",
         worker.to_str().unwrap(),
     ];
+    args.extend(common::root_flag());
     args.extend_from_slice(extra);
     run(&args)
 }
@@ -129,6 +130,7 @@ fn missing_julia_or_worker_is_refused_before_spawning() {
     let sock = dir.path().join("s.sock");
     let worker = worker_file();
     let out = run(&[
+        "-R",
         "-l",
         sock.to_str().unwrap(),
         "-b",
@@ -141,6 +143,7 @@ fn missing_julia_or_worker_is_refused_before_spawning() {
 
     let julia = julia();
     let out = run(&[
+        "-R",
         "-l",
         sock.to_str().unwrap(),
         "-b",

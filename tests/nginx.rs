@@ -57,7 +57,10 @@ fn start_nginx(socket: &Path, root: &Path) -> Nginx {
         .expect("start nginx (scripts/setup-deps installs it)");
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "nginx did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nginx did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Nginx {
@@ -108,11 +111,19 @@ fn nginx_serves_the_example_pages() {
     assert!(r.body.contains("Ada"), "{}", r.body);
     let r = curl(port, "/form.jl", &["--data", "name=Grace+%3Cb%3E"]);
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.body.contains("Grace &lt;b&gt;"), "escaped form input: {}", r.body);
+    assert!(
+        r.body.contains("Grace &lt;b&gt;"),
+        "escaped form input: {}",
+        r.body
+    );
 
     let r = curl(port, "/cgi_env.jl?x=1", &["--data-binary", "raw body"]);
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.body.contains("QUERY_STRING") && r.body.contains("raw body"), "{}", r.body);
+    assert!(
+        r.body.contains("QUERY_STRING") && r.body.contains("raw body"),
+        "{}",
+        r.body
+    );
 
     let first = curl(port, "/handler.jl", &[]);
     assert_eq!(first.status, 200, "{}", first.body);

@@ -36,7 +36,10 @@ fn cgi_environment_is_exactly_the_request() {
     assert!(body.contains(&format!("cwd={}", cwd.display())), "{body}");
 
     let second = fcgi::get(&d.addr, &dump, "a=b").body_text();
-    assert!(!second.contains("X_ONLY_FIRST"), "leaked from the previous request: {second}");
+    assert!(
+        !second.contains("X_ONLY_FIRST"),
+        "leaked from the previous request: {second}"
+    );
     assert!(second.contains("QUERY_STRING=a=b"), "{second}");
     assert!(second.contains("body=\n"), "{second}");
 }
@@ -54,7 +57,11 @@ fn headers_status_and_default_content_type() {
     assert_eq!(resp.header("X-Extra").as_deref(), Some("yes"));
     assert_eq!(resp.body_text(), "gone");
 
-    let bare = page(d.dir.path(), "bare.jl", "println(\"X-A: 1\")\nprintln()\nprint(\"<p>hi</p>\")");
+    let bare = page(
+        d.dir.path(),
+        "bare.jl",
+        "println(\"X-A: 1\")\nprintln()\nprint(\"<p>hi</p>\")",
+    );
     let resp = fcgi::get(&d.addr, &bare, "");
     assert_eq!(resp.status(), 200);
     assert_eq!(
@@ -70,9 +77,15 @@ fn headers_status_and_default_content_type() {
         "hooks.jl",
         r#"atexit(() -> print(" and the hook")); print("Content-Type: text/plain\r\n\r\npage")"#,
     );
-    assert_eq!(fcgi::get(&d.addr, &hooks, "").body_text(), "page and the hook");
+    assert_eq!(
+        fcgi::get(&d.addr, &hooks, "").body_text(),
+        "page and the hook"
+    );
     // …once per request, not accumulated.
-    assert_eq!(fcgi::get(&d.addr, &hooks, "").body_text(), "page and the hook");
+    assert_eq!(
+        fcgi::get(&d.addr, &hooks, "").body_text(),
+        "page and the hook"
+    );
 }
 
 #[test]
@@ -86,9 +99,17 @@ fn missing_forbidden_and_outside_document_roots() {
         )),
         ..Options::default()
     });
-    let ok = page(root.path(), "ok.jl", r#"print("Content-Type: text/plain\r\n\r\nok")"#);
+    let ok = page(
+        root.path(),
+        "ok.jl",
+        r#"print("Content-Type: text/plain\r\n\r\nok")"#,
+    );
     assert_eq!(fcgi::get(&d.addr, &ok, "").body_text(), "ok");
-    let alt = page(root.path(), "alt.jlp", r#"print("Content-Type: text/plain\r\n\r\nalt")"#);
+    let alt = page(
+        root.path(),
+        "alt.jlp",
+        r#"print("Content-Type: text/plain\r\n\r\nalt")"#,
+    );
     assert_eq!(fcgi::get(&d.addr, &alt, "").body_text(), "alt");
 
     // No SCRIPT_FILENAME, or no such file: 404.
@@ -97,16 +118,26 @@ fn missing_forbidden_and_outside_document_roots() {
     assert_eq!(fcgi::request(&d.addr, &req).status(), 404);
     let resp = fcgi::get(&d.addr, &root.path().join("nope.jl"), "");
     assert_eq!(resp.status(), 404);
-    assert!(!resp.stderr.is_empty(), "nginx's error log should learn why");
+    assert!(
+        !resp.stderr.is_empty(),
+        "nginx's error log should learn why"
+    );
 
     // A directory, a wrong extension: 403.
     std::fs::create_dir(root.path().join("dir.jl")).unwrap();
-    assert_eq!(fcgi::get(&d.addr, &root.path().join("dir.jl"), "").status(), 403);
+    assert_eq!(
+        fcgi::get(&d.addr, &root.path().join("dir.jl"), "").status(),
+        403
+    );
     let txt = page(root.path(), "secret.txt", "print(1)");
     assert_eq!(fcgi::get(&d.addr, &txt, "").status(), 403);
 
     // Outside the document root, directly, through `..` and through a symlink.
-    let evil = page(outside.path(), "evil.jl", r#"print("Content-Type: text/plain\r\n\r\nevil")"#);
+    let evil = page(
+        outside.path(),
+        "evil.jl",
+        r#"print("Content-Type: text/plain\r\n\r\nevil")"#,
+    );
     assert_eq!(fcgi::get(&d.addr, &evil, "").status(), 403);
     let dotdot = root.path().join("..").join(
         outside
@@ -114,7 +145,10 @@ fn missing_forbidden_and_outside_document_roots() {
             .strip_prefix(root.path().parent().unwrap())
             .unwrap_or(outside.path()),
     );
-    assert_eq!(fcgi::get(&d.addr, &dotdot.join("evil.jl"), "").status(), 403);
+    assert_eq!(
+        fcgi::get(&d.addr, &dotdot.join("evil.jl"), "").status(),
+        403
+    );
     let link = root.path().join("link.jl");
     std::os::unix::fs::symlink(&evil, &link).unwrap();
     assert_eq!(fcgi::get(&d.addr, &link, "").status(), 403);
@@ -134,18 +168,31 @@ fn a_throwing_page_is_a_500_and_the_worker_lives() {
     let resp = fcgi::request(&d.addr, &req);
     assert_eq!(resp.status(), 500);
     let body = resp.body_text();
-    assert!(!body.contains("page failed on purpose"), "details leaked: {body}");
-    assert!(!body.contains("partial"), "the failed page's output must not be sent");
+    assert!(
+        !body.contains("page failed on purpose"),
+        "details leaked: {body}"
+    );
+    assert!(
+        !body.contains("partial"),
+        "the failed page's output must not be sent"
+    );
     // One log entry with the exception, the URI and a backtrace with file:line.
     let line = d.wait_for_log("page failed on purpose", Duration::from_secs(10));
     assert!(line.contains("/bad.jl?x=1"), "{line}");
-    assert!(line.contains("bad.jl:2"), "backtrace with file:line expected: {line}");
+    assert!(
+        line.contains("bad.jl:2"),
+        "backtrace with file:line expected: {line}"
+    );
 
     // A syntax error is a 500 too.
     let broken = page(d.dir.path(), "broken.jl", "print(\"x\"\nfunction (");
     assert_eq!(fcgi::get(&d.addr, &broken, "").status(), 500);
 
-    let ok = page(d.dir.path(), "ok.jl", r#"print("Content-Type: text/plain\r\n\r\nfine")"#);
+    let ok = page(
+        d.dir.path(),
+        "ok.jl",
+        r#"print("Content-Type: text/plain\r\n\r\nfine")"#,
+    );
     assert_eq!(fcgi::get(&d.addr, &ok, "").body_text(), "fine");
     assert_eq!(d.worker_pids(), pids);
 }
@@ -165,12 +212,20 @@ fn development_mode_shows_the_exception() {
 #[test]
 fn edited_pages_are_picked_up_and_handlers_keep_their_state() {
     let d = Daemon::start(Options::default());
-    let p = page(d.dir.path(), "v.jl", r#"print("Content-Type: text/plain\r\n\r\nversion 1")"#);
+    let p = page(
+        d.dir.path(),
+        "v.jl",
+        r#"print("Content-Type: text/plain\r\n\r\nversion 1")"#,
+    );
     assert_eq!(fcgi::get(&d.addr, &p, "").body_text(), "version 1");
     assert_eq!(fcgi::get(&d.addr, &p, "").body_text(), "version 1");
     // Same size, new content: the mtime (and inode) tell.
     std::thread::sleep(Duration::from_millis(20));
-    page(d.dir.path(), "v.jl", r#"print("Content-Type: text/plain\r\n\r\nversion 2")"#);
+    page(
+        d.dir.path(),
+        "v.jl",
+        r#"print("Content-Type: text/plain\r\n\r\nversion 2")"#,
+    );
     assert_eq!(fcgi::get(&d.addr, &p, "").body_text(), "version 2");
 
     // A handler page: top level once per worker, handle() per request.
@@ -207,7 +262,11 @@ fn a_page_calling_exit_is_answered_and_its_worker_replaced() {
     assert_eq!(resp.body_text(), "goodbye");
     let after = d.wait_for_new_workers(1, &before, Duration::from_secs(120));
     d.wait_for_log_after(mark, "worker ready", Duration::from_secs(120));
-    let ok = page(d.dir.path(), "ok.jl", r#"print("Content-Type: text/plain\r\n\r\nstill here")"#);
+    let ok = page(
+        d.dir.path(),
+        "ok.jl",
+        r#"print("Content-Type: text/plain\r\n\r\nstill here")"#,
+    );
     assert_eq!(fcgi::get(&d.addr, &ok, "").body_text(), "still here");
     assert_ne!(before, after);
     assert!(

@@ -73,7 +73,11 @@ fn params_split_everywhere_and_long_lengths() {
             .param(&"N".repeat(200), "long-name");
         req.params_chunk = chunk;
         let resp = request(&d.addr, &req);
-        assert_eq!(resp.body_text(), "70000 s long-name", "params in {chunk}-byte records");
+        assert_eq!(
+            resp.body_text(),
+            "70000 s long-name",
+            "params in {chunk}-byte records"
+        );
     }
 }
 
@@ -233,7 +237,10 @@ fn hostile_streams_close_only_their_connection() {
 
     assert_eq!(d.worker_pids(), pids, "no worker may have died");
     let log = d.log_text();
-    assert!(log.contains("WARN"), "each closed connection is logged:\n{log}");
+    assert!(
+        log.contains("WARN"),
+        "each closed connection is logged:\n{log}"
+    );
 }
 
 #[test]
@@ -273,7 +280,10 @@ fn the_fastcgi_client_crate_gets_pages() {
                 .await
                 .unwrap();
             let stdout = String::from_utf8(out.stdout.unwrap()).unwrap();
-            assert!(stdout.ends_with(&format!("POST body number {i}")), "{stdout}");
+            assert!(
+                stdout.ends_with(&format!("POST body number {i}")),
+                "{stdout}"
+            );
         }
     });
 }

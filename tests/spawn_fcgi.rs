@@ -13,7 +13,12 @@ use common::{bin, julia, page, worker_file, Addr, Daemon, READY_TIMEOUT};
 fn spawn_fcgi(sock: &std::path::Path) -> Command {
     let mut cmd = Command::new("spawn-fcgi");
     // -n: exec the program in place, so its pid is the one we started.
-    cmd.arg("-n").arg("-s").arg(sock).arg("-M").arg("0600").arg("--");
+    cmd.arg("-n")
+        .arg("-s")
+        .arg(sock)
+        .arg("-M")
+        .arg("0600")
+        .arg("--");
     cmd
 }
 
@@ -21,9 +26,14 @@ fn spawn_fcgi(sock: &std::path::Path) -> Command {
 fn the_master_runs_under_spawn_fcgi() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("spawned.sock");
-    let p = page(dir.path(), "hello.jl", r#"print("Content-Type: text/plain\r\n\r\nunder spawn-fcgi")"#);
+    let p = page(
+        dir.path(),
+        "hello.jl",
+        r#"print("Content-Type: text/plain\r\n\r\nunder spawn-fcgi")"#,
+    );
     let mut cmd = spawn_fcgi(&sock);
     cmd.arg(bin())
+        .args(common::root_flag())
         .arg("-b")
         .arg(julia())
         .arg("-v")
@@ -43,7 +53,11 @@ fn the_master_runs_under_spawn_fcgi() {
 fn a_worker_alone_runs_under_spawn_fcgi() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("alone.sock");
-    let p = page(dir.path(), "hello.jl", r#"print("Content-Type: text/plain\r\n\r\nno master")"#);
+    let p = page(
+        dir.path(),
+        "hello.jl",
+        r#"print("Content-Type: text/plain\r\n\r\nno master")"#,
+    );
     let mut cmd = spawn_fcgi(&sock);
     cmd.arg(julia()).arg("--startup-file=no").arg(worker_file());
     let d = Daemon::spawn(cmd, Addr::Unix(sock.clone()), dir);
@@ -51,7 +65,11 @@ fn a_worker_alone_runs_under_spawn_fcgi() {
     // No master reports readiness here: the socket exists at once and
     // connections queue until the worker accepts.
     while !sock.exists() {
-        assert!(start.elapsed() < READY_TIMEOUT, "no socket:\n{}", d.log_text());
+        assert!(
+            start.elapsed() < READY_TIMEOUT,
+            "no socket:\n{}",
+            d.log_text()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     for _ in 0..10 {

@@ -49,7 +49,11 @@ fn repeated_crashes_back_off() {
     let mut crashes = 0;
     let started = Instant::now();
     while !d.log_text().contains("crash loop") {
-        assert!(started.elapsed() < Duration::from_secs(300), "no back-off:\n{}", d.log_text());
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no back-off:\n{}",
+            d.log_text()
+        );
         let pids = d.worker_pids();
         if pids.len() == 1 && d.log_text().matches("worker ready").count() > crashes {
             // The request dies with its worker; nginx would answer 502.
@@ -68,18 +72,37 @@ fn repeated_crashes_back_off() {
 #[test]
 fn a_worker_that_cannot_start_is_reported_with_its_stderr() {
     let dir = tempfile::tempdir().unwrap();
-    let worker = page(dir.path(), "worker.jl", "error(\"this worker is broken\")\n");
+    let worker = page(
+        dir.path(),
+        "worker.jl",
+        "error(\"this worker is broken\")\n",
+    );
     let sock = dir.path().join("s.sock");
     let mut cmd = Command::new(bin());
-    cmd.arg("-l").arg(&sock).arg("-b").arg(julia()).arg("-v").arg(&worker);
+    cmd.args(common::root_flag())
+        .arg("-l")
+        .arg(&sock)
+        .arg("-b")
+        .arg(julia())
+        .arg("-v")
+        .arg(&worker);
     let mut d = Daemon::spawn(cmd, Addr::Unix(sock.clone()), dir);
     let code = d.wait_exit(Duration::from_secs(300));
     assert_eq!(code, Some(1));
     let log = d.log_text();
     assert!(log.contains("worker failed to start"), "{log}");
-    assert!(log.contains("this worker is broken"), "stderr must be shown:\n{log}");
-    assert!(log.contains("workers cannot start (tried 3 times)"), "{log}");
-    assert!(log.contains("next start in 1s") && log.contains("next start in 2s"), "{log}");
+    assert!(
+        log.contains("this worker is broken"),
+        "stderr must be shown:\n{log}"
+    );
+    assert!(
+        log.contains("workers cannot start (tried 3 times)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("next start in 1s") && log.contains("next start in 2s"),
+        "{log}"
+    );
     assert!(!sock.exists(), "the socket file is removed on exit");
 }
 
@@ -98,8 +121,13 @@ fn sigterm_lets_requests_in_progress_finish() {
     d.signal(libc::SIGTERM);
     assert_eq!(client.join().unwrap(), "finished");
     assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0));
-    assert!(workers.iter().all(|&pid| !alive(pid)), "workers left behind");
-    let Addr::Unix(sock) = &d.addr else { unreachable!() };
+    assert!(
+        workers.iter().all(|&pid| !alive(pid)),
+        "workers left behind"
+    );
+    let Addr::Unix(sock) = &d.addr else {
+        unreachable!()
+    };
     assert!(!sock.exists(), "the socket file is removed on exit");
 }
 
@@ -114,6 +142,9 @@ fn a_stale_socket_file_is_replaced() {
         ..Options::default()
     });
     let p = page(d.dir.path(), "hello.jl", HELLO);
-    assert_eq!(fcgi::get(&Addr::Unix(sock.clone()), &p, "").body_text(), "hello");
+    assert_eq!(
+        fcgi::get(&Addr::Unix(sock.clone()), &p, "").body_text(),
+        "hello"
+    );
     assert!(d.log_text().contains("replaced stale socket file"));
 }

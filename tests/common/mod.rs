@@ -45,6 +45,15 @@ pub fn julia() -> PathBuf {
     PathBuf::from("julia")
 }
 
+/// Tests run as root in CI; pages may run as root only when asked.
+pub fn root_flag() -> Vec<&'static str> {
+    if nix::unistd::geteuid().is_root() {
+        vec!["-R"]
+    } else {
+        vec![]
+    }
+}
+
 /// A running `julia-fcgi` whose log the test can read.
 pub struct Daemon {
     pub child: Child,
@@ -111,6 +120,7 @@ impl Daemon {
             .arg(dir.path())
             .arg("--socket-mode")
             .arg("0600")
+            .args(root_flag())
             .args(&options.extra_args);
         if let Some(config) = &options.config {
             let path = dir.path().join("julia-fcgi.toml");
