@@ -89,12 +89,11 @@ end
 add!(b::ByteBuf, s::Union{String,Vector{UInt8}}) =
     GC.@preserve s add!(b, pointer(s), sizeof(s))
 
-"""Shrink the backing array after an unusually large request, so one big
+"""Replace an empty buffer's backing array after an unusually large request, so one big
 response does not pin its memory for the life of the worker."""
 function shrink!(b::ByteBuf, keep::Int)
-    if length(b.data) > keep && b.len <= keep
-        resize!(b.data, keep)
-        sizehint!(b.data, keep)
+    if length(b.data) > keep && b.len == 0
+        b.data = Vector{UInt8}(undef, keep)
     end
     return b
 end
