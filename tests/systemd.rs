@@ -127,6 +127,11 @@ fn socket_activation_with_one_and_two_named_sockets() {
         // -l here is ignored: the activated socket wins.
         let cmd = socket_activate(&sockets, &["-l", "127.0.0.1:1"]);
         let d = Daemon::spawn(cmd, Addr::Unix(fcgi_path.clone()), dir);
+        let start = Instant::now();
+        while !fcgi_path.exists() {
+            assert!(start.elapsed() < Duration::from_secs(10), "no socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         // systemd-socket-activate starts the program on the first connection.
         let resp = fcgi::get(&d.addr, &p, "");
         assert_eq!(resp.body_text(), "hello");

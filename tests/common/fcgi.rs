@@ -66,7 +66,7 @@ pub fn record(kind: u8, id: u16, content: &[u8]) -> Vec<u8> {
         0,
     ];
     out.extend_from_slice(content);
-    out.extend(std::iter::repeat(0).take(pad));
+    out.extend(std::iter::repeat_n(0, pad));
     out
 }
 

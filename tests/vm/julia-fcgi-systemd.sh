@@ -1,0 +1,147 @@
+#!/bin/bash
+# Runs INSIDE the VM (real systemd 252 as PID 1, cgroup v2, journald, nginx,
+# julia 1.5.3) via tests/vm/run-vm-tests. Installs julia-fcgi the way the
+# packages lay it out, then checks what a user of julia-fcgi.socket meets.
+# Everything is ~9x slower here (emulated CPU): timeouts are generous.
+# Prints "N passed, M failed"; exits non-zero on any failure.
+set -u
+PASS=0 FAIL=0
+ok()   { PASS=$((PASS+1)); echo "PASS: $*"; }
+bad()  { FAIL=$((FAIL+1)); echo "FAIL: $*"; }
+check() { local d=$1; shift; if "$@"; then ok "$d"; else bad "$d"; fi; }
+F=$FILES_DIR/jf
+URL=http://127.0.0.1:8080
+
+echo "== install"
+useradd --system --home-dir /var/lib/julia-fcgi --no-create-home --shell /usr/sbin/nologin julia-fcgi
+install -D -m 0755 "$F/julia-fcgi" /usr/sbin/julia-fcgi
+mkdir -p /usr/share/julia-fcgi && cp -r "$F/julia/." /usr/share/julia-fcgi/
+install -D -m 0644 "$F/systemd/julia-fcgi.socket" /etc/systemd/system/julia-fcgi.socket
+install -D -m 0644 "$F/systemd/julia-fcgi.service" /etc/systemd/system/julia-fcgi.service
+install -D -m 0644 "$F/julia-fcgi.toml" /etc/julia-fcgi/julia-fcgi.toml
+cat >> /etc/julia-fcgi/julia-fcgi.toml <<'TOML'
+workers = 2
+worker_start_timeout = "600s"
+shutdown_grace = "20s"
+TOML
+# Faster watchdog and stop for the test; everything else as shipped.
+mkdir -p /etc/systemd/system/julia-fcgi.service.d
+cat > /etc/systemd/system/julia-fcgi.service.d/test.conf <<'UNIT'
+[Service]
+WatchdogSec=15s
+TimeoutStopSec=40s
+UNIT
+mkdir -p /var/www/jl && cp "$F"/examples/*.jl /var/www/jl/
+cat > /var/www/jl/slow.jl <<'JL'
+sleep(4); print("Content-Type: text/plain\r\n\r\nslow done")
+JL
+chmod -R a+rX /var/www/jl
+install -D -m 0644 "$F/julia-fcgi.conf" /etc/nginx/snippets/julia-fcgi.conf
+cat > /etc/nginx/sites-enabled/default <<'NGINX'
+server {
+    listen 127.0.0.1:8080 default_server;
+    root /var/www/jl;
+    # Julia starts slowly in this emulated VM.
+    fastcgi_read_timeout 600s;
+    include snippets/julia-fcgi.conf;
+}
+NGINX
+systemctl daemon-reload
+systemctl reload-or-restart nginx
+systemctl start julia-fcgi.socket
+check "socket unit listening" systemctl is-active -q julia-fcgi.socket
+check "service not started before the first request" test "$(systemctl is-active julia-fcgi.service)" = inactive
+check "socket is root:www-data 0660" test "$(stat -c '%U:%G %a' /run/julia-fcgi/julia-fcgi.sock)" = "root:www-data 660"
+
+echo "== first request activates the service"
+t0=$(date +%s)
+CODE=$(curl -sS -m 600 -o /tmp/body -w '%{http_code}' $URL/hello.jl); cat /tmp/body; echo
+echo "first request took $(( $(date +%s) - t0 ))s"
+check "first request through nginx gets 200" test "$CODE" = 200
+check "page body" grep -q "Hello, world!" /tmp/body
+check "service active" systemctl is-active -q julia-fcgi.service
+systemctl show julia-fcgi.service -p MainPID -p StatusText -p User -p Result
+check "StatusText says workers are ready" grep -q "2/2 workers ready" <<<"$(systemctl show -p StatusText --value julia-fcgi.service)"
+MAIN=$(systemctl show -p MainPID --value julia-fcgi.service)
+check "master runs as julia-fcgi" test "$(ps -o user= -p "$MAIN")" = julia-fcgi
+for pid in $MAIN $(pgrep -P "$MAIN"); do
+    grep -E '^(Uid|Gid|Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs)' /proc/$pid/status | tr '\n' ' '; echo
+    check "pid $pid: no capabilities" test "$(grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/$pid/status | awk '{print $2}' | sort -u)" = 0000000000000000
+    check "pid $pid: NoNewPrivs" grep -q 'NoNewPrivs:.1' /proc/$pid/status
+done
+
+echo "== journald"
+J=$(journalctl -u julia-fcgi.service -b -o json --no-pager)
+check "journal entries carry WORKER and WORKER_PID" grep -q '"WORKER_PID"' <<<"$J"
+check "journalctl WORKER=1 selects one worker" test -n "$(journalctl -u julia-fcgi.service -b --no-pager -q WORKER=1)"
+check "SYSLOG_IDENTIFIER=julia-fcgi" grep -q '"SYSLOG_IDENTIFIER":"julia-fcgi"' <<<"$J"
+curl -s -o /dev/null $URL/throws.jl
+sleep 2
+check "a page's exception is one journal entry with its backtrace" \
+    bash -c "journalctl -u julia-fcgi.service -b -o json --no-pager | grep -q 'throws.jl:[0-9]'"
+
+load() { # $1 = output file; runs until /tmp/stop-load exists
+    local ok=0 failed=0
+    while [ ! -e /tmp/stop-load ]; do
+        if [ "$(curl -s -m 600 -o /dev/null -w '%{http_code}' $URL/hello.jl)" = 200 ]; then
+            ok=$((ok+1)); else failed=$((failed+1)); fi
+    done
+    echo "$ok $failed" > "$1"
+}
+under_load() { # $1 = description, rest = command
+    local what=$1; shift
+    rm -f /tmp/stop-load /tmp/load1 /tmp/load2
+    load /tmp/load1 & l1=$!
+    load /tmp/load2 & l2=$!
+    sleep 2
+    "$@"
+    sleep 2
+    touch /tmp/stop-load; wait $l1 $l2
+    read -r ok1 f1 < /tmp/load1; read -r ok2 f2 < /tmp/load2
+    echo "$what: $((ok1+ok2)) requests ok, $((f1+f2)) failed"
+    check "$what loses no request" test $((f1+f2)) = 0 -a $((ok1+ok2)) -gt 0
+}
+wait_reload() {
+    systemctl reload julia-fcgi.service
+    for _ in $(seq 1 600); do
+        journalctl -u julia-fcgi.service -b --no-pager -q | grep -q "reload complete" && return 0
+        sleep 1
+    done
+    return 1
+}
+echo "== reload under load"
+under_load "systemctl reload" wait_reload
+check "journal: reload complete" bash -c "journalctl -u julia-fcgi.service -b --no-pager | grep -q 'reload complete'"
+
+echo "== restart under load (the socket stays open)"
+under_load "systemctl restart" systemctl restart julia-fcgi.service
+check "service active after restart" systemctl is-active -q julia-fcgi.service
+
+echo "== stop drains a request in progress"
+curl -sS -m 600 -o /tmp/slow $URL/slow.jl & c=$!
+sleep 3
+systemctl stop julia-fcgi.service
+wait $c
+check "the slow request finished during stop" grep -q "slow done" /tmp/slow
+check "no julia process left" test -z "$(pgrep -u julia-fcgi)"
+check "socket still listening after stop" systemctl is-active -q julia-fcgi.socket
+
+echo "== watchdog: a frozen master is restarted"
+CODE=$(curl -sS -m 600 -o /dev/null -w '%{http_code}' $URL/hello.jl)
+check "re-activated by the next request" test "$CODE" = 200
+MAIN=$(systemctl show -p MainPID --value julia-fcgi.service)
+kill -STOP "$MAIN"
+for _ in $(seq 1 120); do
+    sleep 1
+    [ "$(systemctl show -p MainPID --value julia-fcgi.service)" != "$MAIN" ] && break
+done
+check "systemd logged the watchdog timeout" bash -c "journalctl -u julia-fcgi.service -b --no-pager | grep -qi 'watchdog timeout'"
+CODE=$(curl -sS -m 600 -o /dev/null -w '%{http_code}' $URL/hello.jl)
+check "served again after the watchdog restart" test "$CODE" = 200
+check "new master pid" test "$(systemctl show -p MainPID --value julia-fcgi.service)" != "$MAIN"
+
+echo "== journal (last 40 lines)"
+journalctl -u julia-fcgi.service -b --no-pager | tail -40
+echo
+echo "$PASS passed, $FAIL failed"
+[ "$FAIL" = 0 ]
