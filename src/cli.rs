@@ -87,6 +87,11 @@ pub struct Cli {
     #[arg(short = 'R', long = "allow-to-run-as-root")]
     pub allow_root: bool,
 
+    /// Directory for the scoreboard [default: systemd's RUNTIME_DIRECTORY,
+    /// else /run/julia-fcgi as root, else $XDG_RUNTIME_DIR/julia-fcgi]
+    #[arg(long = "runtime-dir", value_name = "DIR")]
+    pub runtime_dir: Option<PathBuf>,
+
     /// Log level (error, warn, info, debug, trace) or a RUST_LOG-style filter
     /// [default: info, or RUST_LOG]
     #[arg(long = "log-level", value_name = "LEVEL")]

@@ -91,6 +91,28 @@ pub struct FileConfig {
     pub worker_start_timeout: Option<String>,
     /// How long a stop waits for requests in progress before killing.
     pub shutdown_grace: Option<String>,
+    /// Where the scoreboard lives (default: systemd's RUNTIME_DIRECTORY).
+    pub runtime_dir: Option<PathBuf>,
+    /// The cgroup subtree to manage instead of the process's own, or
+    /// "none" for no per-worker cgroups.
+    pub cgroup_root: Option<String>,
+    /// Per-worker cgroup limits: sizes like "512M", or "max".
+    pub memory_max: Option<String>,
+    pub memory_high: Option<String>,
+    pub memory_swap_max: Option<String>,
+    pub pids_max: Option<String>,
+    pub cpu_weight: Option<u64>,
+    /// A request running longer gets its worker stopped and replaced.
+    pub request_terminate_timeout: Option<String>,
+    /// A request running longer is logged once as slow.
+    pub request_slowlog_timeout: Option<String>,
+    /// A worker is replaced after this many requests (0: never)…
+    pub max_requests: Option<u64>,
+    /// …plus a random 0..jitter, so workers do not all recycle at once.
+    pub max_requests_jitter: Option<u64>,
+    /// A worker whose cgroup memory stays above this after a request is
+    /// replaced gracefully.
+    pub recycle_memory: Option<String>,
 }
 
 impl FileConfig {
@@ -210,6 +232,21 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// The old `-s` socket, kept only to say that it is ignored.
     pub compat_socket: Option<PathBuf>,
+    pub runtime_dir: PathBuf,
+    pub supervision: Supervision,
+}
+
+/// Cgroups and the policies built on the scoreboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Supervision {
+    /// `None`: the process's own cgroup; `Some(None)`: cgroups off.
+    pub cgroup_root: Option<Option<PathBuf>>,
+    pub limits: crate::cgroup::Limits,
+    pub request_terminate_timeout: Option<Duration>,
+    pub request_slowlog_timeout: Option<Duration>,
+    pub max_requests: u64,
+    pub max_requests_jitter: u64,
+    pub recycle_memory: Option<u64>,
 }
 
 impl Settings {
@@ -308,6 +345,45 @@ impl Settings {
             )?,
             shutdown_grace: duration("shutdown_grace", file.shutdown_grace.as_deref(), 10)?,
             compat_socket: cli.socket.clone(),
+            runtime_dir: cli
+                .runtime_dir
+                .clone()
+                .or(file.runtime_dir)
+                .unwrap_or_else(default_runtime_dir),
+            supervision: Supervision {
+                cgroup_root: match file.cgroup_root.as_deref() {
+                    None => None,
+                    Some("none") => Some(None),
+                    Some(path) => Some(Some(PathBuf::from(path))),
+                },
+                limits: crate::cgroup::Limits {
+                    memory_max: size("memory_max", file.memory_max.as_deref())?,
+                    memory_high: size("memory_high", file.memory_high.as_deref())?,
+                    // No swap by default: an OOM is an OOM, not a crawl.
+                    memory_swap_max: size(
+                        "memory_swap_max",
+                        file.memory_swap_max.as_deref().or(Some("0")),
+                    )?,
+                    pids_max: size("pids_max", file.pids_max.as_deref())?,
+                    cpu_weight: match file.cpu_weight {
+                        Some(w) if !(1..=10000).contains(&w) => {
+                            return Err(invalid("cpu_weight", format!("{w}: expected 1-10000")))
+                        }
+                        other => other,
+                    },
+                },
+                request_terminate_timeout: optional_duration(
+                    "request_terminate_timeout",
+                    file.request_terminate_timeout.as_deref(),
+                )?,
+                request_slowlog_timeout: optional_duration(
+                    "request_slowlog_timeout",
+                    file.request_slowlog_timeout.as_deref(),
+                )?,
+                max_requests: file.max_requests.unwrap_or(0),
+                max_requests_jitter: file.max_requests_jitter.unwrap_or(0),
+                recycle_memory: size("recycle_memory", file.recycle_memory.as_deref())?,
+            },
         })
     }
 }
@@ -451,6 +527,58 @@ fn check_roots(roots: Vec<PathBuf>) -> Result<Vec<PathBuf>, ConfigError> {
         }
     }
     Ok(roots)
+}
+
+/// systemd's `RuntimeDirectory=`, else /run/julia-fcgi for root, else the
+/// user's runtime directory.
+fn default_runtime_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY") {
+        // systemd may list several, colon-separated; ours is the first.
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        return PathBuf::from(first);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/julia-fcgi");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) => PathBuf::from(dir).join("julia-fcgi"),
+        None => PathBuf::from(format!("/tmp/julia-fcgi-{}", nix::unistd::geteuid())),
+    }
+}
+
+fn size(setting: &'static str, text: Option<&str>) -> Result<Option<u64>, ConfigError> {
+    text.map(|t| {
+        crate::cgroup::parse_size(t).ok_or_else(|| {
+            invalid(
+                setting,
+                format!("{t:?}: expected a size like 512M, 2G or max"),
+            )
+        })
+    })
+    .transpose()
+}
+
+fn optional_duration(
+    setting: &'static str,
+    text: Option<&str>,
+) -> Result<Option<Duration>, ConfigError> {
+    match text {
+        None => Ok(None),
+        Some(text) => {
+            let d = parse_duration(text).ok_or_else(|| {
+                invalid(
+                    setting,
+                    format!("{text:?}: expected a duration like 30s or 2m"),
+                )
+            })?;
+            Ok((!d.is_zero()).then_some(d))
+        }
+    }
 }
 
 /// A duration: `10s`, `500ms`, `2m`, `1h` or a bare number of seconds.

@@ -20,13 +20,17 @@
 //! - [`control`]: the line protocol on each worker's control channel
 //!   (`julia/INTERFACE.md`).
 //! - [`worker`]: one Julia process and the actor task that owns it.
-//! - [`pool`]: the supervisor: slots, replacement, back-off, draining.
+//! - [`pool`]: the supervisor: slots, replacement, back-off, reload,
+//!   request timeouts and recycling, draining.
+//! - [`scoreboard`]: the shared-memory slots workers write around each request.
+//! - [`cgroup`]: one cgroup v2 per worker, limits, `cgroup.kill`, OOM reports.
 //! - [`privileges`]: dropping root for good.
 //! - [`notify`]: `sd_notify` readiness, status, watchdog.
 //! - [`logging`]: `tracing` to the journal or stderr.
 //!
 //! `main.rs` only parses arguments and wires these together.
 
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -35,4 +39,5 @@ pub mod logging;
 pub mod notify;
 pub mod pool;
 pub mod privileges;
+pub mod scoreboard;
 pub mod worker;

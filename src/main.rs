@@ -2,17 +2,22 @@
 //! privileges, run the pool; turn signals into stops and reloads.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
+
+use anyhow::Context;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{CommandFactory, Parser};
 use tokio::sync::{mpsc, watch};
 
+use julia_fcgi::cgroup::{NotDelegated, Tree};
 use julia_fcgi::cli::Cli;
 use julia_fcgi::config::{ListenAddr, Settings};
 use julia_fcgi::listen::{Listener, Origin, Sockets};
 use julia_fcgi::notify::{self, Notifier};
 use julia_fcgi::pool::{self, Pool, Reload};
+use julia_fcgi::scoreboard::Scoreboard;
 use julia_fcgi::{logging, privileges, worker};
 
 fn main() -> ExitCode {
@@ -92,6 +97,8 @@ fn run(cli: Cli, settings: Settings, notifier: Arc<Notifier>) -> anyhow::Result<
              any .jl file this user can read; prefer 127.0.0.1 or a unix socket"
         );
     }
+    let runtime = prepare_runtime_dir(&settings)?;
+    let (cgroups, cgroups_off) = open_cgroups(&settings)?;
     // Everything that needs root is done: become the service user for good,
     // before any thread exists.
     if let Some(identity) = &settings.identity {
@@ -104,53 +111,168 @@ fn run(cli: Cli, settings: Settings, notifier: Arc<Notifier>) -> anyhow::Result<
         );
     }
     privileges::no_new_privileges()?;
+    let board = Scoreboard::create(&runtime.join("scoreboard"), board_capacity(&settings))
+        .with_context(|| format!("cannot create the scoreboard in {}", runtime.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(cli, settings, sockets, notifier))
+    let parts = Parts {
+        sockets,
+        board,
+        cgroups,
+        cgroups_off,
+    };
+    runtime.block_on(serve(cli, settings, parts, notifier))
+}
+
+/// Room for every worker plus the new ones warming up next to old ones
+/// during a reload or recycling.
+fn board_capacity(settings: &Settings) -> usize {
+    (settings.workers.get() as usize * 2 + 4).max(64)
+}
+
+/// The runtime directory (the scoreboard's home), made while still root and
+/// given to the service user. Only one instance may use it.
+fn prepare_runtime_dir(settings: &Settings) -> anyhow::Result<PathBuf> {
+    let dir = settings.runtime_dir.clone();
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the runtime directory {}", dir.display()))?;
+        if let Some(identity) = &settings.identity {
+            nix::unistd::chown(&dir, Some(identity.uid), Some(identity.gid))
+                .with_context(|| format!("cannot chown {}", dir.display()))?;
+        }
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("julia-fcgi.lock"))
+        .with_context(|| format!("cannot write in the runtime directory {}", dir.display()))?;
+    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |_| {
+            anyhow::anyhow!(
+                "another julia-fcgi uses the runtime directory {}; give each instance its own \
+                 (--runtime-dir or runtime_dir in the config)",
+                dir.display()
+            )
+        },
+    )?;
+    // Held (and so locked) for the life of the process.
+    std::mem::forget(lock);
+    Ok(dir)
+}
+
+/// Per-worker cgroups when the subtree is delegated; otherwise why not.
+fn open_cgroups(settings: &Settings) -> anyhow::Result<(Option<Arc<Tree>>, Option<String>)> {
+    let root = match &settings.supervision.cgroup_root {
+        Some(None) => return Ok((None, Some("cgroup_root = \"none\" in the config".into()))),
+        Some(Some(root)) => Some(root.as_path()),
+        None => None,
+    };
+    match Tree::open(root) {
+        Ok(tree) => {
+            if let Some(identity) = &settings.identity {
+                tree.chown(identity.uid, identity.gid)
+                    .with_context(|| format!("cannot chown {}", tree.root().display()))?;
+            }
+            tracing::info!(
+                "per-worker cgroups under {} (controllers: {})",
+                tree.root().display(),
+                if tree.controllers().is_empty() {
+                    "none available".to_owned()
+                } else {
+                    tree.controllers().join(" ")
+                }
+            );
+            Ok((Some(Arc::new(tree)), None))
+        }
+        Err(NotDelegated(why)) => {
+            tracing::warn!(
+                "per-worker cgroups off: {why}; workers get process groups and die with the master"
+            );
+            Ok((None, Some(why)))
+        }
+    }
+}
+
+/// What `run` prepared, handed to the async part.
+struct Parts {
+    sockets: Sockets,
+    board: Scoreboard,
+    cgroups: Option<Arc<Tree>>,
+    cgroups_off: Option<String>,
 }
 
 async fn serve(
     cli: Cli,
     settings: Settings,
-    sockets: Sockets,
+    parts: Parts,
     notifier: Arc<Notifier>,
 ) -> anyhow::Result<()> {
+    let Parts {
+        sockets,
+        board,
+        cgroups,
+        cgroups_off,
+    } = parts;
+    let shared = Shared {
+        listener: Arc::new(sockets.fastcgi.fd.try_clone()?),
+        board_file: Arc::new(board.file().try_clone()?),
+        cgroups,
+    };
     if sockets.status.is_some() {
         tracing::warn!("systemd passed a status socket; this version does not serve status yet");
     }
-    let listener = Arc::new(sockets.fastcgi.fd.try_clone()?);
     let listening_on = sockets.fastcgi.description.clone();
-    let (spec, options) = pool_config(&settings, listener.clone(), &listening_on);
+    let (spec, options) = pool_config(&settings, &shared, &listening_on);
+    let supervision = settings.supervision.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (reload_tx, reload_rx) = mpsc::unbounded_channel();
     let signals = Signals {
         cli,
         running: settings,
-        listener,
+        shared,
         listening_on,
         notifier: notifier.clone(),
         stop: stop_tx,
         reload: reload_tx,
     };
     tokio::spawn(signals.run());
-    Pool::new(spec, options, notifier)
-        .run(stop_rx, reload_rx, notify::watchdog_period())
-        .await?;
+    Pool::new(
+        spec,
+        options,
+        supervision,
+        Some(board),
+        cgroups_off,
+        notifier,
+    )
+    .run(stop_rx, reload_rx, notify::watchdog_period())
+    .await?;
     drop(sockets);
     Ok(())
 }
 
+/// What every generation of workers shares, whatever the config says.
+struct Shared {
+    listener: Arc<std::os::fd::OwnedFd>,
+    board_file: Arc<std::fs::File>,
+    cgroups: Option<Arc<Tree>>,
+}
+
 fn pool_config(
     settings: &Settings,
-    listener: Arc<std::os::fd::OwnedFd>,
+    shared: &Shared,
     listening_on: &str,
 ) -> (worker::Spec, pool::Options) {
     let spec = worker::Spec {
         julia: settings.julia.clone(),
         worker_file: settings.worker_file.clone(),
         env: worker_env(settings),
-        listener,
+        listener: shared.listener.clone(),
+        cgroups: shared.cgroups.clone(),
+        limits: settings.supervision.limits.clone(),
+        scoreboard: Some(shared.board_file.clone()),
     };
     let options = pool::Options {
         size: settings.workers.get(),
@@ -166,7 +288,7 @@ fn pool_config(
 struct Signals {
     cli: Cli,
     running: Settings,
-    listener: Arc<std::os::fd::OwnedFd>,
+    shared: Shared,
     listening_on: String,
     notifier: Arc<Notifier>,
     stop: watch::Sender<bool>,
@@ -213,7 +335,7 @@ impl Signals {
                 tracing::warn!("{what} changed; that takes a restart, not a reload");
             }
         }
-        let (spec, options) = pool_config(&settings, self.listener.clone(), &self.listening_on);
+        let (spec, options) = pool_config(&settings, &self.shared, &self.listening_on);
         self.running = settings;
         let _ = self.reload.send(Reload { spec, options });
     }

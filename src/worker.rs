@@ -20,6 +20,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
+use crate::cgroup::{Limits, MemoryEvents, Tree, WorkerCgroup};
 use crate::control::{FromWorker, Level, ToWorker};
 
 /// The longest line forwarded as one log entry; longer output is split, not
@@ -38,6 +39,12 @@ pub struct Spec {
     pub env: Vec<(OsString, OsString)>,
     /// The FastCGI listening socket, passed as the worker's fd 0.
     pub listener: Arc<OwnedFd>,
+    /// Per-worker cgroups; `None` means process groups and
+    /// `PR_SET_PDEATHSIG` instead.
+    pub cgroups: Option<Arc<Tree>>,
+    pub limits: Limits,
+    /// The scoreboard file, passed to each worker with its slot number.
+    pub scoreboard: Option<Arc<std::fs::File>>,
 }
 
 /// What a worker's actor tells the pool.
@@ -57,6 +64,9 @@ pub struct Exit {
     pub planned: Option<String>,
     /// Its last stderr lines, to explain a worker that could not start.
     pub stderr_tail: Vec<String>,
+    /// Its cgroup's `memory.events` and `memory.max` at the end, to explain
+    /// an OOM kill.
+    pub memory: Option<(MemoryEvents, Option<String>)>,
 }
 
 /// The pool's side of a running worker.
@@ -64,6 +74,9 @@ pub struct Exit {
 pub struct Handle {
     pub slot: u32,
     pub pid: u32,
+    /// Its scoreboard slot, if there is a scoreboard.
+    pub board_slot: Option<usize>,
+    pub cgroup: Option<Arc<WorkerCgroup>>,
     commands: mpsc::UnboundedSender<ToWorker>,
 }
 
@@ -74,8 +87,19 @@ impl Handle {
         let _ = self.commands.send(ToWorker::Stop);
     }
 
-    /// Kills the worker and everything in its process group.
+    /// SIGTERM: Julia exits at once (a request in progress is lost).
+    pub fn terminate(&self) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
+    }
+
+    /// Kills the worker and everything it started: its whole cgroup, or its
+    /// process group without cgroups.
     pub fn kill(&self) {
+        if let Some(cgroup) = &self.cgroup {
+            if std::fs::write(cgroup.path.join("cgroup.kill"), "1").is_ok() {
+                return;
+            }
+        }
         if let Err(e) = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL) {
             tracing::debug!(worker = self.slot, worker_pid = self.pid, "kill: {e}");
         }
@@ -86,8 +110,15 @@ impl Handle {
 pub fn spawn(
     spec: &Spec,
     slot: u32,
+    board_slot: Option<usize>,
     events: mpsc::UnboundedSender<Event>,
 ) -> std::io::Result<Handle> {
+    let mut cgroup = match &spec.cgroups {
+        Some(tree) => Some(tree.create_worker(slot, &spec.limits)?),
+        None => None,
+    };
+    let procs_fd = cgroup.as_ref().and_then(WorkerCgroup::procs_fd);
+    let board_fd = spec.scoreboard.as_ref().map(|f| f.as_raw_fd());
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::Stream,
@@ -108,18 +139,52 @@ pub fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    // SAFETY: only async-signal-safe fcntl between fork and exec. Our end of
-    // the control socket is close-on-exec everywhere else, so the worker gets
-    // its own end and no other worker's.
+    if let (Some(fd), Some(board_slot)) = (board_fd, board_slot) {
+        command
+            .env("JULIA_FCGI_SCOREBOARD_FD", fd.to_string())
+            .env("JULIA_FCGI_SCOREBOARD_SLOT", board_slot.to_string());
+    }
+    // SAFETY: only async-signal-safe calls (fcntl, write, prctl) between
+    // fork and exec. Our end of the control socket is close-on-exec
+    // everywhere else, so the worker gets its own end and no other worker's.
     unsafe {
         command.pre_exec(move || {
-            if libc::fcntl(their_fd, libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
+            for fd in [Some(their_fd), board_fd].into_iter().flatten() {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            match procs_fd {
+                // Join the worker's cgroup before Julia runs at all.
+                Some(fd) => {
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // No cgroup to kill it with: die with the master.
+                None => {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
             }
             Ok(())
         });
     }
-    let mut child = command.spawn()?;
+    let spawned = command.spawn();
+    if let Some(cgroup) = &mut cgroup {
+        cgroup.close_procs();
+    }
+    let cgroup = cgroup.map(Arc::new);
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            if let Some(cgroup) = &cgroup {
+                cgroup.kill_and_remove();
+            }
+            return Err(e);
+        }
+    };
     drop(theirs);
     let pid = child.id().expect("a just-spawned child has a pid");
     let control = std::os::unix::net::UnixStream::from(ours);
@@ -134,11 +199,14 @@ pub fn spawn(
         events,
         planned: None,
         stderr_tail: Vec::new(),
+        cgroup: cgroup.clone(),
     };
     tokio::spawn(actor.run(child, control, stdout, stderr, inbox));
     Ok(Handle {
         slot,
         pid,
+        board_slot,
+        cgroup,
         commands,
     })
 }
@@ -150,6 +218,7 @@ struct Actor {
     events: mpsc::UnboundedSender<Event>,
     planned: Option<String>,
     stderr_tail: Vec<String>,
+    cgroup: Option<Arc<WorkerCgroup>>,
 }
 
 impl Actor {
@@ -198,7 +267,17 @@ impl Actor {
             }
         };
         let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+        // Whatever the worker forked dies with it; then its cgroup goes.
+        let memory = match self.cgroup.take() {
+            Some(cgroup) => {
+                let memory = (cgroup.memory_events(), cgroup.memory_max());
+                let _ = tokio::task::spawn_blocking(move || cgroup.kill_and_remove()).await;
+                Some(memory)
+            }
+            None => None,
+        };
         let exit = Exit {
+            memory,
             slot: self.slot,
             pid: self.pid,
             status,

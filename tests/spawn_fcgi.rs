@@ -34,6 +34,8 @@ fn the_master_runs_under_spawn_fcgi() {
     let mut cmd = spawn_fcgi(&sock);
     cmd.arg(bin())
         .args(common::root_flag())
+        .arg("--runtime-dir")
+        .arg(dir.path())
         .arg("-b")
         .arg(julia())
         .arg("-v")

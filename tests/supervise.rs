@@ -80,6 +80,8 @@ fn a_worker_that_cannot_start_is_reported_with_its_stderr() {
     let sock = dir.path().join("s.sock");
     let mut cmd = Command::new(bin());
     cmd.args(common::root_flag())
+        .arg("--runtime-dir")
+        .arg(dir.path())
         .arg("-l")
         .arg(&sock)
         .arg("-b")

@@ -46,6 +46,8 @@ fn notify_ready_status_watchdog_stopping() {
         .arg("sh")
         .arg(bin())
         .args(root_flag())
+        .arg("--runtime-dir")
+        .arg(dir.path())
         .arg("-l")
         .arg(&sock)
         .arg("-b")
@@ -96,7 +98,7 @@ fn notify_ready_status_watchdog_stopping() {
     }
 }
 
-fn socket_activate(sockets: &[(&Path, &str)], extra: &[&str]) -> Command {
+fn socket_activate(sockets: &[(&Path, &str)], runtime: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new("systemd-socket-activate");
     for (path, _) in sockets {
         cmd.arg("-l").arg(path);
@@ -105,6 +107,8 @@ fn socket_activate(sockets: &[(&Path, &str)], extra: &[&str]) -> Command {
     cmd.arg(format!("--fdname={}", names.join(":")));
     cmd.arg(bin())
         .args(root_flag())
+        .arg("--runtime-dir")
+        .arg(runtime)
         .arg("-b")
         .arg(julia())
         .arg("-v")
@@ -125,7 +129,7 @@ fn socket_activation_with_one_and_two_named_sockets() {
             sockets.push((status_path.as_path(), "status"));
         }
         // -l here is ignored: the activated socket wins.
-        let cmd = socket_activate(&sockets, &["-l", "127.0.0.1:1"]);
+        let cmd = socket_activate(&sockets, dir.path(), &["-l", "127.0.0.1:1"]);
         let d = Daemon::spawn(cmd, Addr::Unix(fcgi_path.clone()), dir);
         let start = Instant::now();
         while !fcgi_path.exists() {
@@ -214,6 +218,8 @@ fn root_drops_every_privilege_for_good() {
     let mut cmd = Command::new(bin());
     cmd.arg("-l")
         .arg(&sock)
+        .arg("--runtime-dir")
+        .arg(dir.path())
         .arg("-b")
         .arg(julia())
         .arg("-v")

@@ -120,6 +120,8 @@ impl Daemon {
             .arg(dir.path())
             .arg("--socket-mode")
             .arg("0600")
+            .arg("--runtime-dir")
+            .arg(dir.path())
             .args(root_flag())
             .args(&options.extra_args);
         if let Some(config) = &options.config {

@@ -26,8 +26,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::config::Supervision;
 use crate::notify::Notifier;
+use crate::scoreboard::{Scoreboard, Snapshot};
 use crate::worker::{self, Event, Exit, Handle, Spec};
+
+mod policy;
+mod reload;
 
 /// Crashes of one slot counted together for back-off.
 pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
@@ -90,6 +95,23 @@ struct Slot {
     crashes: VecDeque<Instant>,
     /// Failed starts since the last successful one.
     start_failures: u32,
+    /// What the current worker's scoreboard slot said last.
+    last: Option<Snapshot>,
+    /// The policy that is ending the current worker on purpose (request
+    /// timeout, recycling), so its death is not counted as a crash.
+    ending: Option<Ending>,
+    /// `started_ns` of the request already logged as slow.
+    slow_logged: Option<u64>,
+    /// Requests after which the current worker is recycled (0: never).
+    request_limit: u64,
+}
+
+/// A worker being ended by a policy.
+#[derive(Debug, Clone)]
+struct Ending {
+    reason: String,
+    /// When to escalate to killing its whole cgroup.
+    kill_at: Option<Instant>,
 }
 
 impl Slot {
@@ -103,6 +125,10 @@ impl Slot {
             successor: None,
             crashes: VecDeque::new(),
             start_failures: 0,
+            last: None,
+            ending: None,
+            slow_logged: None,
+            request_limit: 0,
         }
     }
 
@@ -133,6 +159,12 @@ enum Phase {
 
 pub struct Pool {
     spec: Arc<Spec>,
+    board: Option<Scoreboard>,
+    supervision: Supervision,
+    /// Requests served by workers that have since left.
+    retired_requests: u64,
+    /// Why per-worker cgroups are off, if they are.
+    cgroups_off: Option<String>,
     /// The spec before a reload, to fall back to if the new one cannot start.
     previous: Option<(Arc<Spec>, Options)>,
     generation: u64,
@@ -147,10 +179,21 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(spec: Spec, options: Options, notifier: Arc<Notifier>) -> Self {
+    pub fn new(
+        spec: Spec,
+        options: Options,
+        supervision: Supervision,
+        board: Option<Scoreboard>,
+        cgroups_off: Option<String>,
+        notifier: Arc<Notifier>,
+    ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         Pool {
             spec: Arc::new(spec),
+            board,
+            supervision,
+            retired_requests: 0,
+            cgroups_off,
             previous: None,
             generation: 1,
             slots: (1..=options.size).map(|n| Slot::new(n, 1)).collect(),
@@ -178,6 +221,8 @@ impl Pool {
         );
         let mut watchdog = watchdog.map(tokio::time::interval);
         let mut extend = tokio::time::interval(EXTEND_EVERY);
+        let mut scan = tokio::time::interval(policy::SCAN_EVERY);
+        scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.start_due();
             self.advance_reload();
@@ -188,6 +233,7 @@ impl Pool {
                 _ = sleep_until(deadline) => self.on_deadlines(),
                 Some(reload) = reloads.recv() => self.begin_reload(reload),
                 _ = tick(&mut watchdog) => self.watchdog(),
+                _ = scan.tick() => self.scan(),
                 _ = extend.tick(), if self.phase == Phase::Starting => {
                     self.notifier.extend_timeout(EXTEND_BY);
                 }
@@ -208,13 +254,41 @@ impl Pool {
         }
     }
 
+    /// Spawns a worker for slot `number` with a scoreboard slot of its own.
+    pub(super) fn spawn_worker(&mut self, number: u32) -> std::io::Result<Handle> {
+        let board_slot = self.board.as_mut().and_then(Scoreboard::allocate);
+        if self.board.is_some() && board_slot.is_none() {
+            tracing::warn!(
+                worker = number,
+                "scoreboard full; this worker goes unwatched"
+            );
+        }
+        let spawned = worker::spawn(&self.spec, number, board_slot, self.events_tx.clone());
+        if let (Err(_), Some(board), Some(i)) = (&spawned, self.board.as_mut(), board_slot) {
+            board.release(i);
+        }
+        spawned
+    }
+
+    /// Gives a worker's scoreboard slot back once it has exited.
+    fn release(&mut self, handle: &Handle) {
+        if let (Some(board), Some(i)) = (self.board.as_mut(), handle.board_slot) {
+            board.release(i);
+        }
+    }
+
     fn start(&mut self, index: usize) {
         let number = self.slots[index].number;
-        match worker::spawn(&self.spec, number, self.events_tx.clone()) {
+        match self.spawn_worker(number) {
             Ok(handle) => {
                 tracing::debug!(worker = number, worker_pid = handle.pid, "worker started");
+                let request_limit = self.request_limit();
                 let slot = &mut self.slots[index];
                 slot.generation = self.generation;
+                slot.request_limit = request_limit;
+                slot.last = None;
+                slot.ending = None;
+                slot.slow_logged = None;
                 slot.state = SlotState::Starting {
                     handle,
                     deadline: Instant::now() + self.options.start_timeout,
@@ -309,6 +383,7 @@ impl Pool {
     fn on_ready(&mut self, number: u32, pid: u32) {
         let grace = self.options.shutdown_grace;
         let generation = self.generation;
+        let request_limit = self.request_limit();
         let Some(slot) = self.slots.iter_mut().find(|s| s.number == number) else {
             return;
         };
@@ -318,6 +393,12 @@ impl Pool {
             let old = std::mem::replace(&mut slot.state, SlotState::Running { handle: successor });
             slot.generation = generation;
             slot.start_failures = 0;
+            slot.ending = None;
+            slot.slow_logged = None;
+            if let Some(last) = slot.last.take() {
+                self.retired_requests += last.requests;
+            }
+            slot.request_limit = request_limit;
             tracing::info!(worker = number, worker_pid = pid, "new worker ready");
             if let SlotState::Running { handle } | SlotState::Starting { handle, .. } = old {
                 self.retire(handle, grace);
@@ -352,7 +433,7 @@ impl Pool {
             .all(|slot| matches!(slot.state, SlotState::Running { .. }))
     }
 
-    fn retire(&mut self, handle: Handle, grace: Duration) {
+    pub(super) fn retire(&mut self, handle: Handle, grace: Duration) {
         handle.stop();
         self.retiring.push(Retiring {
             handle,
@@ -369,7 +450,8 @@ impl Pool {
                 worker_pid = exit.pid,
                 "old worker left: {how}"
             );
-            self.retiring.swap_remove(i);
+            let retired = self.retiring.swap_remove(i);
+            self.release(&retired.handle);
             return Ok(());
         }
         let Some(index) = self.slots.iter().position(|s| s.number == exit.slot) else {
@@ -380,16 +462,27 @@ impl Pool {
             .as_ref()
             .is_some_and(|(h, _)| h.pid == exit.pid)
         {
-            self.slots[index].successor = None;
+            if let Some((handle, _)) = self.slots[index].successor.take() {
+                self.release(&handle);
+            }
             self.successor_failed(index, &exit);
             return Ok(());
         }
-        if self.slots[index].handle().is_none_or(|h| h.pid != exit.pid) {
-            return Ok(());
+        match self.slots[index].handle() {
+            Some(handle) if handle.pid == exit.pid => {
+                let board_slot = handle.board_slot;
+                if let (Some(board), Some(i)) = (self.board.as_mut(), board_slot) {
+                    board.release(i);
+                }
+            }
+            _ => return Ok(()),
         }
         let ever_ready = self.ever_ready;
         let slot = &mut self.slots[index];
-        let how = describe_status(&exit);
+        let how = explain_death(&exit, slot.last.as_ref());
+        if let Some(last) = slot.last.take() {
+            self.retired_requests += last.requests;
+        }
         let now = Instant::now();
         let was_running = matches!(slot.state, SlotState::Running { .. });
         if !was_running {
@@ -411,7 +504,12 @@ impl Pool {
             slot.state = SlotState::Waiting { until: now + delay };
             return Ok(());
         }
-        if let Some(reason) = &exit.planned {
+        let planned = slot
+            .ending
+            .take()
+            .map(|ending| ending.reason)
+            .or_else(|| exit.planned.clone());
+        if let Some(reason) = planned {
             tracing::info!(
                 worker = exit.slot,
                 worker_pid = exit.pid,
@@ -452,124 +550,6 @@ impl Pool {
         Ok(())
     }
 
-    /// Takes a new configuration: validated already, it is rolled out slot
-    /// by slot so that the pool never serves with fewer ready workers.
-    fn begin_reload(&mut self, reload: Reload) {
-        if self.phase == Phase::Reloading {
-            tracing::warn!("reload requested while a reload is in progress; starting over");
-        }
-        self.notifier.reloading();
-        let old_spec = std::mem::replace(&mut self.spec, Arc::new(reload.spec));
-        let old_options = std::mem::replace(&mut self.options, reload.options);
-        if self.previous.is_none() {
-            self.previous = Some((old_spec, old_options));
-        }
-        self.generation += 1;
-        self.resize();
-        self.phase = Phase::Reloading;
-        tracing::info!(
-            "reloading: rolling {} worker(s) over to configuration generation {}",
-            self.options.size,
-            self.generation
-        );
-    }
-
-    /// Grows or shrinks the pool to the configured size.
-    fn resize(&mut self) {
-        let size = self.options.size as usize;
-        while self.slots.len() < size {
-            let number = self.slots.len() as u32 + 1;
-            self.slots.push(Slot::new(number, self.generation));
-        }
-        let grace = self.options.shutdown_grace;
-        while self.slots.len() > size {
-            let slot = self.slots.pop().expect("more slots than wanted");
-            if let Some((successor, _)) = slot.successor {
-                self.retire(successor, grace);
-            }
-            if let SlotState::Starting { handle, .. } | SlotState::Running { handle } = slot.state {
-                self.retire(handle, grace);
-            }
-        }
-    }
-
-    /// One slot at a time: start a new-generation worker next to an old one.
-    fn advance_reload(&mut self) {
-        if self.phase != Phase::Reloading || self.slots.iter().any(|s| s.successor.is_some()) {
-            return;
-        }
-        let generation = self.generation;
-        let old = self.slots.iter().position(|s| {
-            s.generation < generation && matches!(s.state, SlotState::Running { .. })
-        });
-        match old {
-            Some(index) => {
-                let number = self.slots[index].number;
-                match worker::spawn(&self.spec, number, self.events_tx.clone()) {
-                    Ok(handle) => {
-                        let deadline = Instant::now() + self.options.start_timeout;
-                        self.slots[index].successor = Some((handle, deadline));
-                    }
-                    Err(e) => {
-                        tracing::error!(worker = number, "reload: cannot start a new worker: {e}");
-                        self.abort_reload();
-                    }
-                }
-            }
-            None if self.slots.iter().all(|s| {
-                s.generation == generation && matches!(s.state, SlotState::Running { .. })
-            }) =>
-            {
-                self.phase = Phase::Serving;
-                self.previous = None;
-                tracing::info!("reload complete: generation {generation} serving");
-                let status = self.status_text();
-                self.notifier.ready(&status);
-            }
-            // Some slot is still starting or backing off; wait for it.
-            None => {}
-        }
-    }
-
-    fn successor_failed(&mut self, index: usize, exit: &Exit) {
-        let how = describe_status(exit);
-        tracing::error!(
-            worker = exit.slot,
-            worker_pid = exit.pid,
-            "reload: new worker failed to start: {how}; its stderr:\n{}",
-            stderr_text(exit)
-        );
-        let slot = &mut self.slots[index];
-        slot.start_failures += 1;
-        if slot.start_failures >= START_ATTEMPTS {
-            self.abort_reload();
-        }
-    }
-
-    /// The new configuration cannot start workers: keep serving with the old
-    /// workers and the old configuration.
-    fn abort_reload(&mut self) {
-        let Some((spec, options)) = self.previous.take() else {
-            return;
-        };
-        tracing::error!(
-            "reload aborted: the new configuration cannot start workers; \
-             still serving with the previous one"
-        );
-        self.spec = spec;
-        self.options = options;
-        self.generation += 1;
-        let generation = self.generation;
-        for slot in &mut self.slots {
-            slot.generation = generation;
-            slot.start_failures = 0;
-        }
-        self.resize();
-        self.phase = Phase::Serving;
-        let status = self.status_text();
-        self.notifier.ready(&status);
-    }
-
     /// `WATCHDOG=1`, but only while the supervisor does its job. Sent from
     /// this loop, so a stuck loop stops it by itself. Withheld when the
     /// pool's own timers are overdue: replacements not started, or hung
@@ -596,7 +576,7 @@ impl Pool {
         }
     }
 
-    fn status_text(&self) -> String {
+    pub(super) fn status_text(&self) -> String {
         let ready = self
             .slots
             .iter()
@@ -615,6 +595,13 @@ impl Pool {
                 format!("{ready}/{size} workers ready; reloading: {done}/{size} replaced")
             }
         };
+        if let Some(load) = self.load_text() {
+            text.push_str(": ");
+            text.push_str(&load);
+        }
+        if self.cgroups_off.is_some() {
+            text.push_str("; per-worker cgroups off");
+        }
         let backing_off: Vec<String> = self
             .slots
             .iter()
@@ -723,6 +710,33 @@ fn describe_status(exit: &Exit) -> String {
             (None, None) => format!("ended ({status})"),
         },
     }
+}
+
+/// "killed by SIGKILL", and what it was doing, and whether the OOM killer
+/// did it: "killed by the OOM killer at memory.max=512M while serving GET
+/// /big.jl for 1.8 s".
+fn explain_death(exit: &Exit, last: Option<&Snapshot>) -> String {
+    let mut how = match &exit.memory {
+        Some((events, max)) if events.oom_kill > 0 => {
+            let max = max.as_deref().unwrap_or("?");
+            let max = max
+                .parse::<u64>()
+                .map(crate::cgroup::format_size)
+                .unwrap_or_else(|_| max.to_owned());
+            format!("was killed by the OOM killer at memory.max={max}")
+        }
+        _ => describe_status(exit),
+    };
+    if let Some(busy_for) = last.and_then(|l| l.busy_for(crate::scoreboard::monotonic_ns())) {
+        let last = last.expect("busy_for came from it");
+        how.push_str(&format!(
+            " while serving {} {} for {:.1} s",
+            last.method,
+            last.uri,
+            busy_for.as_secs_f64()
+        ));
+    }
+    how
 }
 
 fn stderr_text(exit: &Exit) -> String {
