@@ -6,6 +6,7 @@
 //! WORKER=1` shows one worker's lines. Every line a worker prints is one
 //! entry; the journal's native protocol has no line length limit.
 
+use std::io::IsTerminal;
 use std::os::fd::AsRawFd;
 
 use tracing_subscriber::layer::SubscriberExt;
@@ -51,6 +52,8 @@ pub fn init(level: Option<&str>, target: LogTarget) -> Result<(), String> {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_target(false)
+                // Colours only for a person at a terminal, never in files.
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_writer(std::io::stderr),
         )
         .init();

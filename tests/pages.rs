@@ -177,7 +177,9 @@ fn a_throwing_page_is_a_500_and_the_worker_lives() {
         "the failed page's output must not be sent"
     );
     // One log entry with the exception, the URI and a backtrace with file:line.
-    let line = d.wait_for_log("page failed on purpose", Duration::from_secs(10));
+    // The entry's last line carries its fields.
+    d.wait_for_log("request_uri=\"/bad.jl?x=1\"", Duration::from_secs(10));
+    let line = d.log_entry("page failed on purpose").unwrap();
     assert!(line.contains("/bad.jl?x=1"), "{line}");
     assert!(
         line.contains("bad.jl:2"),

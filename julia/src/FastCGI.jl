@@ -281,4 +281,56 @@ function values_result!(b::ByteBuf, d::Vector{UInt8}, first::Int, last::Int)::Bo
     return true
 end
 
+# ------------------------------------------------------------ client side
+# What a web server does: used by the warm-up (which sends itself real
+# requests) and by the tests.
+
+"""
+    put_request!(b, rid, params, body; keep=true)
+
+Append a whole RESPONDER request: BEGIN_REQUEST, the params (then the empty
+PARAMS record), the body as STDIN records (then the empty STDIN record).
+"""
+function put_request!(b::ByteBuf, rid::Int, params, body::Union{String,Vector{UInt8}}=UInt8[];
+                      keep::Bool=true)
+    put_begin_request!(b, rid, RESPONDER, keep ? KEEP_CONN : 0x00)
+    p = ByteBuf(1024)
+    for (k, v) in params
+        put_pair!(p, k, v)
+    end
+    GC.@preserve p put_stream!(b, PARAMS, rid, pointer(p.data), p.len)
+    put_empty!(b, PARAMS, rid)
+    put_stream!(b, STDIN, rid, body)
+    put_empty!(b, STDIN, rid)
+    return b
+end
+
+"""A decoded record: type, request id, content."""
+struct Record
+    type::UInt8
+    rid::Int
+    content::Vector{UInt8}
+end
+
+"""
+    decode_records(bytes) -> (records, rest)
+
+Split a byte stream into whole records; `rest` is the number of trailing
+bytes that do not form a whole record.
+"""
+function decode_records(d::AbstractVector{UInt8})
+    recs = Record[]
+    i = 1
+    n = length(d)
+    while i + HEADER_LEN - 1 <= n
+        clen = (Int(d[i+4]) << 8) | Int(d[i+5])
+        total = HEADER_LEN + clen + Int(d[i+6])
+        i + total - 1 <= n || break
+        push!(recs, Record(d[i+1], (Int(d[i+2]) << 8) | Int(d[i+3]),
+                           Vector{UInt8}(d[i+HEADER_LEN:i+HEADER_LEN+clen-1])))
+        i += total
+    end
+    return recs, n - i + 1
+end
+
 end # module FastCGI

@@ -31,6 +31,8 @@ const F_SETFD    = Cint(2)
 const F_GETFL    = Cint(3)
 const F_SETFL    = Cint(4)
 const FD_CLOEXEC = Cint(1)
+const F_DUPFD_CLOEXEC = Cint(1030)
+const O_RDONLY   = Cint(0)
 const O_NONBLOCK = Cint(0o4000)
 
 const AF_UNIX      = Cint(1)
@@ -178,6 +180,24 @@ function set_cloexec(fd::Cint)::Bool
     return ccall(:fcntl, Cint, (Cint, Cint, Cint), fd, F_SETFD, fl | FD_CLOEXEC) == 0
 end
 
+"""
+    move_listener(fd) -> new fd, or -errno
+
+Move the listening socket from `fd` (0) to a close-on-exec descriptor and put
+/dev/null on `fd`: processes a page starts with `run` inherit fds 0–2, and
+must not get the listening socket as their stdin (nor keep it open).
+"""
+function move_listener(fd::Cint)::Cint
+    new = ccall(:fcntl, Cint, (Cint, Cint, Cint), fd, F_DUPFD_CLOEXEC, 3)
+    new < 0 && return -errno()
+    null = ccall(:open, Cint, (Cstring, Cint), "/dev/null", O_RDONLY)
+    if null >= 0
+        ccall(:dup2, Cint, (Cint, Cint), null, fd)
+        closefd(null)
+    end
+    return new
+end
+
 """Give blocking sends on `fd` a deadline, so a client that never reads
 cannot hold the worker forever."""
 function set_send_timeout(fd::Cint, ms::Int)::Bool
@@ -203,6 +223,19 @@ end
 """Ignore SIGPIPE (Julia does already; make sure, as a write to a vanished
 peer must never kill the worker)."""
 ignore_sigpipe() = (ccall(:signal, Ptr{Cvoid}, (Cint, Ptr{Cvoid}), SIGPIPE, SIG_IGN); nothing)
+
+const CWD_BUF = Vector{UInt8}(undef, 4096)
+
+"""Is the working directory `dir`? (getcwd(2) into a reused buffer: no
+allocation, unlike `pwd()`.)"""
+function cwd_is(dir::String)::Bool
+    p = ccall(:getcwd, Ptr{UInt8}, (Ptr{UInt8}, Csize_t), CWD_BUF, length(CWD_BUF))
+    p == C_NULL && return false
+    n = sizeof(dir)
+    n < length(CWD_BUF) && @inbounds(CWD_BUF[n+1]) == 0x00 || return false
+    return GC.@preserve dir ccall(:memcmp, Cint, (Ptr{UInt8}, Ptr{UInt8}, Csize_t),
+                                  CWD_BUF, pointer(dir), n) == 0
+end
 
 """Human-readable text for an errno value."""
 strerror(e::Integer) = Libc.strerror(Int32(e))

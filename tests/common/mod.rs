@@ -186,8 +186,33 @@ impl Daemon {
                     self.log_text()
                 );
             }
+            if !alive(self.pid()) {
+                // Give the log thread a moment, then look one last time.
+                std::thread::sleep(Duration::from_millis(200));
+                if let Some(line) = self.log().iter().skip(skip).find(|l| l.contains(needle)) {
+                    return line.clone();
+                }
+                panic!(
+                    "daemon exited before logging {needle:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The log entry containing `needle` with its continuation lines (a
+    /// multi-line message such as a backtrace, up to the next entry).
+    pub fn log_entry(&self, needle: &str) -> Option<String> {
+        let log = self.log();
+        let start = log.iter().position(|l| l.contains(needle))?;
+        let is_entry =
+            |l: &String| l.len() > 20 && l.as_bytes()[4] == b'-' && l.as_bytes()[10] == b'T';
+        let end = log[start + 1..]
+            .iter()
+            .position(is_entry)
+            .map_or(log.len(), |i| start + 1 + i);
+        Some(log[start..end].join("\n"))
     }
 
     pub fn log_len(&self) -> usize {
