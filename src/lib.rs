@@ -22,6 +22,7 @@
 //! - [`worker`]: one Julia process and the actor task that owns it.
 //! - [`pool`]: the supervisor: slots, replacement, back-off, reload,
 //!   request timeouts and recycling, draining.
+//! - [`queue`]: the listen queue length, from the kernel.
 //! - [`scoreboard`]: the shared-memory slots workers write around each request.
 //! - [`cgroup`]: one cgroup v2 per worker, limits, `cgroup.kill`, OOM reports.
 //! - [`privileges`]: dropping root for good.
@@ -39,5 +40,6 @@ pub mod logging;
 pub mod notify;
 pub mod pool;
 pub mod privileges;
+pub mod queue;
 pub mod scoreboard;
 pub mod worker;
