@@ -113,6 +113,14 @@ pub struct FileConfig {
     /// A worker whose cgroup memory stays above this after a request is
     /// replaced gracefully.
     pub recycle_memory: Option<String>,
+    /// "static": always `workers`; "dynamic": between `workers` and
+    /// `max_children`, by demand.
+    pub pm: Option<String>,
+    pub max_children: Option<u32>,
+    pub min_spare: Option<u32>,
+    pub max_spare: Option<u32>,
+    /// How long an extra worker may sit idle before it is retired.
+    pub idle_timeout: Option<String>,
 }
 
 impl FileConfig {
@@ -247,6 +255,22 @@ pub struct Supervision {
     pub max_requests: u64,
     pub max_requests_jitter: u64,
     pub recycle_memory: Option<u64>,
+    pub pm: ProcessManager,
+}
+
+/// How many workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessManager {
+    /// Always `workers`.
+    Static,
+    /// `workers` at start; more (up to `max_children`) when every worker is
+    /// busy and connections wait; extras retired after `idle_timeout`.
+    Dynamic {
+        max_children: u32,
+        min_spare: u32,
+        max_spare: u32,
+        idle_timeout: Duration,
+    },
 }
 
 impl Settings {
@@ -269,6 +293,7 @@ impl Settings {
         let workers = cli.workers.or(file.workers).unwrap_or(1);
         let workers = NonZeroU32::new(workers)
             .ok_or_else(|| invalid("workers", "0: at least one worker is needed"))?;
+        let pm = process_manager(&file, workers.get())?;
         let julia = resolve_julia(
             cli.julia
                 .clone()
@@ -383,6 +408,7 @@ impl Settings {
                 max_requests: file.max_requests.unwrap_or(0),
                 max_requests_jitter: file.max_requests_jitter.unwrap_or(0),
                 recycle_memory: size("recycle_memory", file.recycle_memory.as_deref())?,
+                pm,
             },
         })
     }
@@ -527,6 +553,39 @@ fn check_roots(roots: Vec<PathBuf>) -> Result<Vec<PathBuf>, ConfigError> {
         }
     }
     Ok(roots)
+}
+
+fn process_manager(file: &FileConfig, workers: u32) -> Result<ProcessManager, ConfigError> {
+    match file.pm.as_deref().unwrap_or("static") {
+        "static" => Ok(ProcessManager::Static),
+        "dynamic" => {
+            let max_children = file.max_children.unwrap_or(workers.max(1) * 4);
+            let min_spare = file.min_spare.unwrap_or(1);
+            let max_spare = file.max_spare.unwrap_or(min_spare.max(2));
+            if max_children < workers {
+                return Err(invalid(
+                    "max_children",
+                    format!("{max_children} is below workers = {workers}"),
+                ));
+            }
+            if min_spare > max_spare {
+                return Err(invalid(
+                    "min_spare",
+                    format!("{min_spare} is above max_spare = {max_spare}"),
+                ));
+            }
+            Ok(ProcessManager::Dynamic {
+                max_children,
+                min_spare,
+                max_spare,
+                idle_timeout: duration("idle_timeout", file.idle_timeout.as_deref(), 10)?,
+            })
+        }
+        other => Err(invalid(
+            "pm",
+            format!("{other:?}: expected \"static\" or \"dynamic\""),
+        )),
+    }
 }
 
 /// systemd's `RuntimeDirectory=`, else /run/julia-fcgi for root, else the

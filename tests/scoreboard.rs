@@ -179,3 +179,37 @@ fn kill_9_under_load_fails_at_most_the_request_in_flight() {
     assert!(failed <= 1, "{failed} requests failed");
     assert!(ok.load(Ordering::Relaxed) > 50);
 }
+
+#[test]
+fn a_dynamic_pool_grows_under_load_and_shrinks_when_idle() {
+    let d = Daemon::start(Options {
+        config: Some(
+            "pm = \"dynamic\"\nmax_children = 2\nmin_spare = 0\nmax_spare = 0\nidle_timeout = \"1s\"\n"
+                .into(),
+        ),
+        ..Options::default()
+    });
+    let slow = page(
+        d.dir.path(),
+        "slow.jl",
+        r#"sleep(parse(Float64, ENV["QUERY_STRING"])); print("Content-Type: text/plain\r\n\r\ndone")"#,
+    );
+    assert_eq!(d.worker_pids().len(), 1);
+    // Three long requests for one worker: the pool grows to max_children,
+    // and says once that it cannot grow further.
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, p) = (d.addr.clone(), slow.clone());
+            std::thread::spawn(move || fcgi::get(&addr, &p, "25").body_text())
+        })
+        .collect();
+    d.wait_for_log("starting worker 2 (2/2)", Duration::from_secs(20));
+    d.wait_for_log("max_children reached (2)", Duration::from_secs(120));
+    for c in clients {
+        assert_eq!(c.join().unwrap(), "done");
+    }
+    assert_eq!(d.log_text().matches("max_children reached").count(), 1);
+    // Idle again: the extra worker is retired after idle_timeout.
+    d.wait_for_log("retiring idle worker 2", Duration::from_secs(30));
+    wait_until("one worker left", Duration::from_secs(30), || d.worker_pids().len() == 1);
+}

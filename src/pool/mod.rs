@@ -165,6 +165,9 @@ pub struct Pool {
     retired_requests: u64,
     /// Why per-worker cgroups are off, if they are.
     cgroups_off: Option<String>,
+    /// Dynamic pool: inside a "max_children reached" episode (logged once).
+    at_max_children: bool,
+    max_children_reached: u64,
     /// The spec before a reload, to fall back to if the new one cannot start.
     previous: Option<(Arc<Spec>, Options)>,
     generation: u64,
@@ -194,6 +197,8 @@ impl Pool {
             supervision,
             retired_requests: 0,
             cgroups_off,
+            at_max_children: false,
+            max_children_reached: 0,
             previous: None,
             generation: 1,
             slots: (1..=options.size).map(|n| Slot::new(n, 1)).collect(),

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Ending, Pool, SlotState};
+use std::os::fd::AsFd;
+
+use super::{Ending, Phase, Pool, Slot, SlotState};
+use crate::config::ProcessManager;
 use crate::scoreboard::{monotonic_ns, State};
 
 /// How often the scoreboard is read.
@@ -118,6 +121,82 @@ impl Pool {
         }
         for (index, reason) in recycle {
             self.recycle(index, reason);
+        }
+        self.scale(now_ns);
+    }
+
+    /// `pm = dynamic`: a worker more when every worker is busy and
+    /// connections wait in the listen queue (or spare workers run short), up
+    /// to `max_children`; the newest extra worker retired once it has idled
+    /// for `idle_timeout` while there are more than `max_spare` idle.
+    fn scale(&mut self, now_ns: u64) {
+        let ProcessManager::Dynamic {
+            max_children,
+            min_spare,
+            max_spare,
+            idle_timeout,
+        } = self.supervision.pm
+        else {
+            return;
+        };
+        if self.phase != Phase::Serving {
+            return;
+        }
+        let idle_since = |slot: &Slot| match (&slot.state, &slot.last) {
+            (SlotState::Running { .. }, Some(last)) if last.state == State::Idle => {
+                Some(last.last_finished_ns)
+            }
+            _ => None,
+        };
+        let idle = self.slots.iter().filter(|s| idle_since(s).is_some()).count() as u32;
+        let warming = self
+            .slots
+            .iter()
+            .filter(|s| !matches!(s.state, SlotState::Running { .. }) || s.successor.is_some())
+            .count() as u32;
+        let waiting = crate::queue::read(self.spec.listener.as_fd())
+            .map(|q| q.waiting)
+            .unwrap_or(0);
+        let size = self.slots.len() as u32;
+        if idle > 0 {
+            self.at_max_children = false;
+        }
+        if warming == 0 && ((idle == 0 && waiting > 0) || idle < min_spare) {
+            if size < max_children {
+                tracing::info!(
+                    "{idle} idle worker(s), {waiting} connection(s) waiting: starting worker {} \
+                     ({}/{max_children})",
+                    size + 1,
+                    size + 1
+                );
+                self.slots.push(Slot::new(size + 1, self.generation));
+            } else if waiting > 0 && !self.at_max_children {
+                self.at_max_children = true;
+                self.max_children_reached += 1;
+                tracing::warn!(
+                    "max_children reached ({max_children}): every worker is busy and \
+                     {waiting} connection(s) wait; raise max_children if this persists"
+                );
+            }
+            return;
+        }
+        if idle > max_spare && size > self.options.size {
+            let newest = self.slots.last().expect("size > options.size >= 1");
+            let idle_for = idle_since(newest).map(|t| now_ns.saturating_sub(t));
+            if idle_for.is_some_and(|ns| ns > idle_timeout.as_nanos() as u64) {
+                let slot = self.slots.pop().expect("checked above");
+                tracing::info!(
+                    worker = slot.number,
+                    "retiring idle worker {} (idle over {idle_timeout:?}, {idle} idle)",
+                    slot.number
+                );
+                if let Some(last) = &slot.last {
+                    self.retired_requests += last.requests;
+                }
+                if let SlotState::Running { handle } = slot.state {
+                    self.retire(handle, self.options.shutdown_grace);
+                }
+            }
         }
     }
 
