@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 /// FastCGI process manager for Julia pages.
 ///
@@ -89,7 +89,7 @@ pub struct Cli {
 
     /// Directory for the scoreboard [default: systemd's RUNTIME_DIRECTORY,
     /// else /run/julia-fcgi as root, else $XDG_RUNTIME_DIR/julia-fcgi]
-    #[arg(long = "runtime-dir", value_name = "DIR")]
+    #[arg(long = "runtime-dir", value_name = "DIR", global = true)]
     pub runtime_dir: Option<PathBuf>,
 
     /// Log level (error, warn, info, debug, trace) or a RUST_LOG-style filter
@@ -97,7 +97,35 @@ pub struct Cli {
     #[arg(long = "log-level", value_name = "LEVEL")]
     pub log_level: Option<String>,
 
+    /// Where the master serves its status page and ping: a unix socket path
+    /// or a loopback HOST:PORT [default: status.sock in the runtime directory]
+    #[arg(long = "status-listen", value_name = "ADDR")]
+    pub status_listen: Option<String>,
+
     /// Print help
     #[arg(long = "help", action = ArgAction::Help)]
     pub help: Option<bool>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Show a running julia-fcgi's workers, requests and queue
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Print the status as JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every second until interrupted
+    #[arg(long)]
+    pub watch: bool,
+    /// The status socket to ask: a unix socket path or HOST:PORT [default:
+    /// status.sock in the runtime directory]
+    #[arg(long = "status-socket", value_name = "ADDR")]
+    pub socket: Option<String>,
 }

@@ -93,6 +93,9 @@ pub struct FileConfig {
     pub shutdown_grace: Option<String>,
     /// Where the scoreboard lives (default: systemd's RUNTIME_DIRECTORY).
     pub runtime_dir: Option<PathBuf>,
+    /// The status page's socket: a unix path or a loopback HOST:PORT
+    /// (default: status.sock in the runtime directory).
+    pub status_listen: Option<String>,
     /// The cgroup subtree to manage instead of the process's own, or
     /// "none" for no per-worker cgroups.
     pub cgroup_root: Option<String>,
@@ -241,6 +244,7 @@ pub struct Settings {
     /// The old `-s` socket, kept only to say that it is ignored.
     pub compat_socket: Option<PathBuf>,
     pub runtime_dir: PathBuf,
+    pub status_listen: Option<ListenAddr>,
     pub supervision: Supervision,
 }
 
@@ -375,6 +379,14 @@ impl Settings {
                 .clone()
                 .or(file.runtime_dir)
                 .unwrap_or_else(default_runtime_dir),
+            status_listen: match cli
+                .status_listen
+                .as_deref()
+                .or(file.status_listen.as_deref())
+            {
+                None => None,
+                Some(text) => Some(status_addr(text)?),
+            },
             supervision: Supervision {
                 cgroup_root: match file.cgroup_root.as_deref() {
                     None => None,
@@ -588,9 +600,21 @@ fn process_manager(file: &FileConfig, workers: u32) -> Result<ProcessManager, Co
     }
 }
 
+/// The status page is for operators and health checks: a unix socket or
+/// the loopback only, never the network.
+fn status_addr(text: &str) -> Result<ListenAddr, ConfigError> {
+    match ListenAddr::parse(text).map_err(|e| invalid("status_listen", e.to_string()))? {
+        ListenAddr::Tcp { addr, .. } if !addr.ip().is_loopback() => Err(invalid(
+            "status_listen",
+            format!("{addr}: only a unix socket or a loopback address (127.0.0.1, [::1])"),
+        )),
+        addr => Ok(addr),
+    }
+}
+
 /// systemd's `RuntimeDirectory=`, else /run/julia-fcgi for root, else the
 /// user's runtime directory.
-fn default_runtime_dir() -> PathBuf {
+pub fn default_runtime_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY") {
         // systemd may list several, colon-separated; ours is the first.
         let first = dir

@@ -24,6 +24,7 @@
 //!   request timeouts and recycling, draining.
 //! - [`queue`]: the listen queue length, from the kernel.
 //! - [`scoreboard`]: the shared-memory slots workers write around each request.
+//! - [`status`]: the status page the master serves itself, and `julia-fcgi status`.
 //! - [`cgroup`]: one cgroup v2 per worker, limits, `cgroup.kill`, OOM reports.
 //! - [`privileges`]: dropping root for good.
 //! - [`notify`]: `sd_notify` readiness, status, watchdog.
@@ -42,4 +43,5 @@ pub mod pool;
 pub mod privileges;
 pub mod queue;
 pub mod scoreboard;
+pub mod status;
 pub mod worker;

@@ -190,9 +190,27 @@ fn bind_error(addr: impl ToString, source: impl Into<io::Error>) -> ListenError 
 }
 
 fn bind(settings: &Settings) -> Result<Listener, ListenError> {
+    bind_addr(&settings.listen, settings.socket_mode, settings)
+}
+
+/// The master's own status socket: `status_listen`, else `status.sock` in
+/// the runtime directory. Bound before privileges are dropped.
+pub fn bind_status(settings: &Settings) -> Result<Listener, ListenError> {
+    let addr = settings
+        .status_listen
+        .clone()
+        .unwrap_or_else(|| ListenAddr::Unix(settings.runtime_dir.join("status.sock")));
+    let mut status_settings = settings.clone();
+    // Operators (root, or the service's group) read it; nginx only if the
+    // admin says so with socket_owner.
+    status_settings.socket_owner = None;
+    bind_addr(&addr, 0o660, &status_settings)
+}
+
+fn bind_addr(addr: &ListenAddr, mode: u32, settings: &Settings) -> Result<Listener, ListenError> {
     let backlog =
         Backlog::new(settings.backlog.min(i32::MAX as u32) as i32).unwrap_or(Backlog::MAXCONN);
-    match &settings.listen {
+    match addr {
         ListenAddr::Tcp { addr, .. } => {
             let err = |e: nix::Error| bind_error(addr, e);
             let family = if addr.is_ipv4() {
@@ -212,11 +230,16 @@ fn bind(settings: &Settings) -> Result<Listener, ListenError> {
                 owned_path: None,
             })
         }
-        ListenAddr::Unix(path) => bind_unix(path, backlog, settings),
+        ListenAddr::Unix(path) => bind_unix(path, backlog, mode, settings),
     }
 }
 
-fn bind_unix(path: &Path, backlog: Backlog, settings: &Settings) -> Result<Listener, ListenError> {
+fn bind_unix(
+    path: &Path,
+    backlog: Backlog,
+    mode: u32,
+    settings: &Settings,
+) -> Result<Listener, ListenError> {
     let err = |e: io::Error| bind_error(format!("unix:{}", path.display()), e);
     create_parent(path, settings).map_err(err)?;
     remove_stale_socket(path)?;
@@ -243,8 +266,7 @@ fn bind_unix(path: &Path, backlog: Backlog, settings: &Settings) -> Result<Liste
         owned_path: Some(path.to_owned()),
     };
     socket::listen(&listener.fd, backlog).map_err(|e| err(e.into()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(settings.socket_mode))
-        .map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
     if let Some(owner) = &settings.socket_owner {
         let (uid, gid) = resolve_owner(owner)?;
         nix::unistd::chown(path, uid, gid).map_err(|e| err(e.into()))?;

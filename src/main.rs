@@ -12,12 +12,13 @@ use clap::{CommandFactory, Parser};
 use tokio::sync::{mpsc, watch};
 
 use julia_fcgi::cgroup::{NotDelegated, Tree};
-use julia_fcgi::cli::Cli;
+use julia_fcgi::cli::{Cli, Command, StatusArgs};
 use julia_fcgi::config::{ListenAddr, Settings};
-use julia_fcgi::listen::{Listener, Origin, Sockets};
+use julia_fcgi::listen::{self, Listener, Origin, Sockets};
 use julia_fcgi::notify::{self, Notifier};
 use julia_fcgi::pool::{self, Pool, Reload};
 use julia_fcgi::scoreboard::Scoreboard;
+use julia_fcgi::status::{self, Report};
 use julia_fcgi::{logging, privileges, worker};
 
 fn main() -> ExitCode {
@@ -25,6 +26,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => parse_error(e),
     };
+    if let Some(Command::Status(args)) = &cli.command {
+        return status_command(&cli, args);
+    }
     let settings = match Settings::resolve(&cli) {
         Ok(settings) => settings,
         // Usage text and exit 2, like clap's own errors, before anything runs.
@@ -83,7 +87,9 @@ fn run(cli: Cli, settings: Settings, notifier: Arc<Notifier>) -> anyhow::Result<
             path.display()
         );
     }
-    let sockets = Listener::acquire(&settings)?;
+    // First: one instance per runtime directory, before anything is bound.
+    let runtime = prepare_runtime_dir(&settings)?;
+    let mut sockets = Listener::acquire(&settings)?;
     if let (
         Origin::Bound,
         ListenAddr::Tcp {
@@ -97,7 +103,10 @@ fn run(cli: Cli, settings: Settings, notifier: Arc<Notifier>) -> anyhow::Result<
              any .jl file this user can read; prefer 127.0.0.1 or a unix socket"
         );
     }
-    let runtime = prepare_runtime_dir(&settings)?;
+    let status_listener = match sockets.status.take() {
+        Some(fd) => StatusSocket::Passed(fd),
+        None => StatusSocket::Bound(listen::bind_status(&settings)?),
+    };
     let (cgroups, cgroups_off) = open_cgroups(&settings)?;
     // Everything that needs root is done: become the service user for good,
     // before any thread exists.
@@ -118,6 +127,7 @@ fn run(cli: Cli, settings: Settings, notifier: Arc<Notifier>) -> anyhow::Result<
         .build()?;
     let parts = Parts {
         sockets,
+        status: status_listener,
         board,
         cgroups,
         cgroups_off,
@@ -196,9 +206,53 @@ fn open_cgroups(settings: &Settings) -> anyhow::Result<(Option<Arc<Tree>>, Optio
     }
 }
 
+/// Where the status page is served.
+enum StatusSocket {
+    /// systemd passed it (`FileDescriptorName=status`).
+    Passed(std::os::fd::OwnedFd),
+    /// Bound here; a unix socket file is removed on exit.
+    Bound(Listener),
+}
+
+/// `julia-fcgi status`: ask a running instance, print what it says.
+fn status_command(cli: &Cli, args: &StatusArgs) -> ExitCode {
+    let addr = args.socket.clone().unwrap_or_else(|| {
+        cli.runtime_dir
+            .clone()
+            .unwrap_or_else(julia_fcgi::config::default_runtime_dir)
+            .join("status.sock")
+            .display()
+            .to_string()
+    });
+    loop {
+        match status::client::fetch(&addr) {
+            Ok(report) => {
+                if args.watch {
+                    // Clear the screen and go home, like watch(1).
+                    print!("\x1b[2J\x1b[H");
+                }
+                if args.json {
+                    println!("{report}");
+                } else {
+                    print!("{}", status::client::table(&report));
+                }
+            }
+            Err(e) => {
+                eprintln!("julia-fcgi status: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        if !args.watch {
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
 /// What `run` prepared, handed to the async part.
 struct Parts {
     sockets: Sockets,
+    status: StatusSocket,
     board: Scoreboard,
     cgroups: Option<Arc<Tree>>,
     cgroups_off: Option<String>,
@@ -212,6 +266,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let Parts {
         sockets,
+        status,
         board,
         cgroups,
         cgroups_off,
@@ -221,9 +276,13 @@ async fn serve(
         board_file: Arc::new(board.file().try_clone()?),
         cgroups,
     };
-    if sockets.status.is_some() {
-        tracing::warn!("systemd passed a status socket; this version does not serve status yet");
-    }
+    let (reports_tx, reports_rx) = watch::channel(Arc::new(Report::default()));
+    let (status_fd, status_where) = match &status {
+        StatusSocket::Passed(fd) => (fd.try_clone()?, "the socket systemd passed".to_owned()),
+        StatusSocket::Bound(listener) => (listener.fd.try_clone()?, listener.description.clone()),
+    };
+    tracing::info!("status page and ping on {status_where}");
+    tokio::spawn(status::serve(status_fd, reports_rx));
     let listening_on = sockets.fastcgi.description.clone();
     let (spec, options) = pool_config(&settings, &shared, &listening_on);
     let supervision = settings.supervision.clone();
@@ -246,9 +305,12 @@ async fn serve(
         Some(board),
         cgroups_off,
         notifier,
+        reports_tx,
     )
     .run(stop_rx, reload_rx, notify::watchdog_period())
     .await?;
+    // The socket files go only now that nothing will be served.
+    drop(status);
     drop(sockets);
     Ok(())
 }

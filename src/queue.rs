@@ -82,9 +82,18 @@ fn unix_queue(fd: BorrowedFd<'_>) -> io::Result<Queue> {
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // no cookie
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     let kernel = nix::sys::socket::NetlinkAddr::new(0, 0);
-    nix::sys::socket::sendto(nl.as_raw_fd(), &req, &kernel, nix::sys::socket::MsgFlags::empty())?;
+    nix::sys::socket::sendto(
+        nl.as_raw_fd(),
+        &req,
+        &kernel,
+        nix::sys::socket::MsgFlags::empty(),
+    )?;
     let mut buf = [0u8; 8192];
-    let n = nix::sys::socket::recv(nl.as_raw_fd(), &mut buf, nix::sys::socket::MsgFlags::empty())?;
+    let n = nix::sys::socket::recv(
+        nl.as_raw_fd(),
+        &mut buf,
+        nix::sys::socket::MsgFlags::empty(),
+    )?;
     parse_unix_reply(&buf[..n])
 }
 
@@ -98,7 +107,8 @@ fn parse_unix_reply(msg: &[u8]) -> io::Result<Queue> {
         let errno = i32::from_ne_bytes(msg[16..20].try_into().map_err(|_| bad("short error"))?);
         return Err(io::Error::from_raw_os_error(-errno));
     }
-    let total = (u32::from_ne_bytes(msg[0..4].try_into().expect("4 bytes")) as usize).min(msg.len());
+    let total =
+        (u32::from_ne_bytes(msg[0..4].try_into().expect("4 bytes")) as usize).min(msg.len());
     let mut at = NLMSG_HDRLEN + UNIX_DIAG_MSG_LEN;
     while at + 4 <= total {
         let len = u16::from_ne_bytes([msg[at], msg[at + 1]]) as usize;

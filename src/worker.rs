@@ -77,6 +77,7 @@ pub struct Handle {
     /// Its scoreboard slot, if there is a scoreboard.
     pub board_slot: Option<usize>,
     pub cgroup: Option<Arc<WorkerCgroup>>,
+    pub started: std::time::Instant,
     commands: mpsc::UnboundedSender<ToWorker>,
 }
 
@@ -207,6 +208,7 @@ pub fn spawn(
         pid,
         board_slot,
         cgroup,
+        started: std::time::Instant::now(),
         commands,
     })
 }

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use crate::config::Supervision;
 use crate::notify::Notifier;
 use crate::scoreboard::{Scoreboard, Snapshot};
+use crate::status::report::{Report, Restarts};
 use crate::worker::{self, Event, Exit, Handle, Spec};
 
 mod policy;
@@ -168,6 +169,13 @@ pub struct Pool {
     /// Dynamic pool: inside a "max_children reached" episode (logged once).
     at_max_children: bool,
     max_children_reached: u64,
+    /// What the status page shows, published after every scan.
+    reports: watch::Sender<Arc<Report>>,
+    restarts: Restarts,
+    slow_requests: u64,
+    max_listen_queue: u32,
+    max_active: u32,
+    started_at: std::time::SystemTime,
     /// The spec before a reload, to fall back to if the new one cannot start.
     previous: Option<(Arc<Spec>, Options)>,
     generation: u64,
@@ -189,6 +197,7 @@ impl Pool {
         board: Option<Scoreboard>,
         cgroups_off: Option<String>,
         notifier: Arc<Notifier>,
+        reports: watch::Sender<Arc<Report>>,
     ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         Pool {
@@ -199,6 +208,12 @@ impl Pool {
             cgroups_off,
             at_max_children: false,
             max_children_reached: 0,
+            reports,
+            restarts: Restarts::default(),
+            slow_requests: 0,
+            max_listen_queue: 0,
+            max_active: 0,
+            started_at: std::time::SystemTime::now(),
             previous: None,
             generation: 1,
             slots: (1..=options.size).map(|n| Slot::new(n, 1)).collect(),
@@ -515,6 +530,11 @@ impl Pool {
             .map(|ending| ending.reason)
             .or_else(|| exit.planned.clone());
         if let Some(reason) = planned {
+            if reason == "request_terminate_timeout" {
+                self.restarts.timeout += 1;
+            } else {
+                self.restarts.exit += 1;
+            }
             tracing::info!(
                 worker = exit.slot,
                 worker_pid = exit.pid,
@@ -522,6 +542,15 @@ impl Pool {
             );
             slot.state = SlotState::Waiting { until: now };
             return Ok(());
+        }
+        if exit
+            .memory
+            .as_ref()
+            .is_some_and(|(events, _)| events.oom_kill > 0)
+        {
+            self.restarts.oom += 1;
+        } else {
+            self.restarts.crash += 1;
         }
         slot.crashes.push_back(now);
         while slot

@@ -8,9 +8,12 @@ use tokio::time::Instant;
 
 use std::os::fd::AsFd;
 
+use std::sync::Arc;
+
 use super::{Ending, Phase, Pool, Slot, SlotState};
 use crate::config::ProcessManager;
 use crate::scoreboard::{monotonic_ns, State};
+use crate::status::report::{micros, Report, WorkerReport};
 
 /// How often the scoreboard is read.
 pub const SCAN_EVERY: Duration = Duration::from_millis(100);
@@ -44,6 +47,7 @@ impl Pool {
         let now = Instant::now();
         let supervision = self.supervision.clone();
         let mut recycle = Vec::new();
+        let mut slow = 0;
         for (index, slot) in self.slots.iter_mut().enumerate() {
             let SlotState::Running { handle } = &slot.state else {
                 continue;
@@ -59,6 +63,7 @@ impl Pool {
                 if let Some(limit) = supervision.request_slowlog_timeout {
                     if busy_for > limit && slot.slow_logged != Some(snapshot.started_ns) {
                         slot.slow_logged = Some(snapshot.started_ns);
+                        slow += 1;
                         tracing::warn!(
                             worker = slot.number,
                             worker_pid = handle.pid,
@@ -119,17 +124,92 @@ impl Pool {
             }
             slot.last = Some(snapshot);
         }
+        self.slow_requests += slow;
         for (index, reason) in recycle {
+            self.restarts.recycle += 1;
             self.recycle(index, reason);
         }
-        self.scale(now_ns);
+        let queue = crate::queue::read(self.spec.listener.as_fd()).ok();
+        self.scale(now_ns, queue.map_or(0, |q| q.waiting));
+        self.publish(now_ns, queue);
+    }
+
+    /// Hands the status page a fresh report.
+    fn publish(&mut self, now_ns: u64, queue: Option<crate::queue::Queue>) {
+        let queue = queue.unwrap_or_default();
+        self.max_listen_queue = self.max_listen_queue.max(queue.waiting);
+        let mut report = Report {
+            pool: self.options.listening_on.clone(),
+            process_manager: match self.supervision.pm {
+                ProcessManager::Static => "static",
+                ProcessManager::Dynamic { .. } => "dynamic",
+            },
+            listen_queue: queue.waiting,
+            max_listen_queue: self.max_listen_queue,
+            listen_queue_len: queue.backlog,
+            max_children_reached: self.max_children_reached,
+            slow_requests: self.slow_requests,
+            restarts: self.restarts.clone(),
+            cgroups: match (&self.cgroups_off, &self.spec.cgroups) {
+                (Some(why), _) => format!("off: {why}"),
+                (None, Some(tree)) => format!("on ({})", tree.root().display()),
+                (None, None) => "off".into(),
+            },
+            started_at: Some(self.started_at),
+            ..Report::default()
+        };
+        let mut accepted = self.retired_requests;
+        let mut workers = Vec::new();
+        for slot in &self.slots {
+            let Some(handle) = slot.handle() else {
+                continue;
+            };
+            let last = slot.last.as_ref();
+            let state = match (&slot.state, last.map(|l| l.state)) {
+                (SlotState::Starting { .. }, _) => "starting",
+                (_, Some(State::Busy)) => "busy",
+                (_, Some(State::Idle)) => "idle",
+                (_, Some(State::Stopping)) => "stopping",
+                _ => "starting",
+            };
+            match state {
+                "busy" => report.active_processes += 1,
+                "idle" => report.idle_processes += 1,
+                _ => {}
+            }
+            report.total_processes += 1;
+            if let Some(last) = last {
+                // A request in progress has been accepted too.
+                accepted += last.requests + u64::from(last.state == State::Busy);
+            }
+            workers.push(WorkerReport {
+                number: slot.number,
+                pid: handle.pid,
+                state,
+                requests: last.map_or(0, |l| l.requests),
+                uptime_secs: handle.started.elapsed().as_secs(),
+                request_method: last.map(|l| l.method.clone()).unwrap_or_default(),
+                request_uri: last.map(|l| l.uri.clone()).unwrap_or_default(),
+                request_duration_us: last
+                    .map(|l| micros(l.busy_for(now_ns).unwrap_or(l.last_duration)))
+                    .unwrap_or(0),
+                memory_current: None,
+                cpu_seconds: None,
+                cgroup: handle.cgroup.as_ref().map(|c| c.path.clone()),
+            });
+        }
+        self.max_active = self.max_active.max(report.active_processes);
+        report.max_active_processes = self.max_active;
+        report.accepted_conn = accepted;
+        report.processes = Some(workers);
+        self.reports.send_replace(Arc::new(report));
     }
 
     /// `pm = dynamic`: a worker more when every worker is busy and
     /// connections wait in the listen queue (or spare workers run short), up
     /// to `max_children`; the newest extra worker retired once it has idled
     /// for `idle_timeout` while there are more than `max_spare` idle.
-    fn scale(&mut self, now_ns: u64) {
+    fn scale(&mut self, now_ns: u64, waiting: u32) {
         let ProcessManager::Dynamic {
             max_children,
             min_spare,
@@ -148,15 +228,16 @@ impl Pool {
             }
             _ => None,
         };
-        let idle = self.slots.iter().filter(|s| idle_since(s).is_some()).count() as u32;
+        let idle = self
+            .slots
+            .iter()
+            .filter(|s| idle_since(s).is_some())
+            .count() as u32;
         let warming = self
             .slots
             .iter()
             .filter(|s| !matches!(s.state, SlotState::Running { .. }) || s.successor.is_some())
             .count() as u32;
-        let waiting = crate::queue::read(self.spec.listener.as_fd())
-            .map(|q| q.waiting)
-            .unwrap_or(0);
         let size = self.slots.len() as u32;
         if idle > 0 {
             self.at_max_children = false;

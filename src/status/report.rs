@@ -1,0 +1,310 @@
+//! What the status page says, and its three formats: text (PHP-FPM's
+//! layout), JSON (PHP-FPM's field names) and OpenMetrics (for Prometheus,
+//! through the `prometheus-client` crate).
+
+use std::fmt::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+/// Workers replaced, by why.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Restarts {
+    /// The page called exit().
+    pub exit: u64,
+    /// Died unexpectedly (signal, abort).
+    pub crash: u64,
+    /// Stopped by request_terminate_timeout.
+    pub timeout: u64,
+    /// Killed by the OOM killer at memory_max.
+    pub oom: u64,
+    /// Replaced by max_requests or recycle_memory.
+    pub recycle: u64,
+}
+
+/// One worker process.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerReport {
+    pub number: u32,
+    pub pid: u32,
+    pub state: &'static str,
+    pub requests: u64,
+    #[serde(rename = "start since")]
+    pub uptime_secs: u64,
+    #[serde(rename = "request method")]
+    pub request_method: String,
+    #[serde(rename = "request uri")]
+    pub request_uri: String,
+    /// Of the current request when busy, else of the last one.
+    #[serde(rename = "request duration")]
+    pub request_duration_us: u64,
+    #[serde(rename = "memory current", skip_serializing_if = "Option::is_none")]
+    pub memory_current: Option<u64>,
+    #[serde(rename = "cpu seconds", skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
+    #[serde(skip)]
+    pub cgroup: Option<PathBuf>,
+}
+
+/// The pool, as PHP-FPM's status page names things where they mean the same.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub pool: String,
+    #[serde(rename = "process manager")]
+    pub process_manager: &'static str,
+    #[serde(rename = "start time")]
+    pub start_time: u64,
+    #[serde(rename = "start since")]
+    pub start_since: u64,
+    #[serde(rename = "accepted conn")]
+    pub accepted_conn: u64,
+    #[serde(rename = "listen queue")]
+    pub listen_queue: u32,
+    #[serde(rename = "max listen queue")]
+    pub max_listen_queue: u32,
+    #[serde(rename = "listen queue len")]
+    pub listen_queue_len: u32,
+    #[serde(rename = "idle processes")]
+    pub idle_processes: u32,
+    #[serde(rename = "active processes")]
+    pub active_processes: u32,
+    #[serde(rename = "total processes")]
+    pub total_processes: u32,
+    #[serde(rename = "max active processes")]
+    pub max_active_processes: u32,
+    #[serde(rename = "max children reached")]
+    pub max_children_reached: u64,
+    #[serde(rename = "slow requests")]
+    pub slow_requests: u64,
+    pub restarts: Restarts,
+    /// "on (/sys/fs/cgroup/…)" or "off: why".
+    pub cgroups: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processes: Option<Vec<WorkerReport>>,
+    #[serde(skip)]
+    pub started_at: Option<SystemTime>,
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Report {
+            pool: String::new(),
+            process_manager: "static",
+            start_time: 0,
+            start_since: 0,
+            accepted_conn: 0,
+            listen_queue: 0,
+            max_listen_queue: 0,
+            listen_queue_len: 0,
+            idle_processes: 0,
+            active_processes: 0,
+            total_processes: 0,
+            max_active_processes: 0,
+            max_children_reached: 0,
+            slow_requests: 0,
+            restarts: Restarts::default(),
+            cgroups: String::new(),
+            processes: Some(Vec::new()),
+            started_at: None,
+        }
+    }
+}
+
+impl Report {
+    /// Fills in what is read at the moment of asking: uptime, and with
+    /// `full` each worker's memory and CPU from its cgroup; without `full`
+    /// the per-worker list is left out.
+    pub fn finish(mut self, full: bool) -> Report {
+        let now = SystemTime::now();
+        if let Some(started) = self.started_at {
+            self.start_time = started
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            self.start_since = now.duration_since(started).unwrap_or_default().as_secs();
+        }
+        if !full {
+            self.processes = None;
+        } else if let Some(workers) = &mut self.processes {
+            for w in workers {
+                if let Some(dir) = &w.cgroup {
+                    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+                    w.memory_current = read("memory.current").and_then(|s| s.trim().parse().ok());
+                    w.cpu_seconds = read("cpu.stat").and_then(|s| {
+                        let usec: f64 = s
+                            .lines()
+                            .find_map(|l| l.strip_prefix("usage_usec "))?
+                            .trim()
+                            .parse()
+                            .ok()?;
+                        Some(usec / 1e6)
+                    });
+                }
+            }
+        }
+        self
+    }
+
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let mut line = |k: &str, v: &dyn std::fmt::Display| {
+            let _ = writeln!(out, "{:<21}{v}", format!("{k}:"));
+        };
+        line("pool", &self.pool);
+        line("process manager", &self.process_manager);
+        line("start time", &self.start_time);
+        line("start since", &self.start_since);
+        line("accepted conn", &self.accepted_conn);
+        line("listen queue", &self.listen_queue);
+        line("max listen queue", &self.max_listen_queue);
+        line("listen queue len", &self.listen_queue_len);
+        line("idle processes", &self.idle_processes);
+        line("active processes", &self.active_processes);
+        line("total processes", &self.total_processes);
+        line("max active processes", &self.max_active_processes);
+        line("max children reached", &self.max_children_reached);
+        line("slow requests", &self.slow_requests);
+        let r = &self.restarts;
+        line(
+            "restarts",
+            &format!(
+                "exit {} crash {} timeout {} oom {} recycle {}",
+                r.exit, r.crash, r.timeout, r.oom, r.recycle
+            ),
+        );
+        line("cgroups", &self.cgroups);
+        for w in self.processes.iter().flatten() {
+            out.push_str("\n************************\n");
+            let mut line = |k: &str, v: &dyn std::fmt::Display| {
+                let _ = writeln!(out, "{:<21}{v}", format!("{k}:"));
+            };
+            line("worker", &w.number);
+            line("pid", &w.pid);
+            line("state", &w.state);
+            line("requests", &w.requests);
+            line("start since", &w.uptime_secs);
+            line("request method", &w.request_method);
+            line("request uri", &w.request_uri);
+            line("request duration", &w.request_duration_us);
+            if let Some(m) = w.memory_current {
+                line("memory current", &m);
+            }
+            if let Some(c) = w.cpu_seconds {
+                line("cpu seconds", &format!("{c:.3}"));
+            }
+        }
+        out
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).expect("a report always serializes")
+    }
+
+    /// The Prometheus / OpenMetrics exposition.
+    pub fn openmetrics(&self) -> String {
+        let mut registry = Registry::with_prefix("julia_fcgi");
+        let gauge = |registry: &mut Registry, name: &str, help: &str, value: i64| {
+            let g: Gauge = Gauge::default();
+            g.set(value);
+            registry.register(name, help, g);
+        };
+        let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
+            let c: Counter = Counter::default();
+            c.inc_by(value);
+            registry.register(name, help, c);
+        };
+        counter(
+            &mut registry,
+            "accepted_connections",
+            "Requests accepted by the pool",
+            self.accepted_conn,
+        );
+        gauge(
+            &mut registry,
+            "listen_queue",
+            "Connections waiting in the listen queue",
+            self.listen_queue.into(),
+        );
+        gauge(
+            &mut registry,
+            "max_listen_queue",
+            "Most connections seen waiting",
+            self.max_listen_queue.into(),
+        );
+        gauge(
+            &mut registry,
+            "listen_queue_len",
+            "Size of the listen queue (backlog)",
+            self.listen_queue_len.into(),
+        );
+        gauge(
+            &mut registry,
+            "idle_processes",
+            "Idle workers",
+            self.idle_processes.into(),
+        );
+        gauge(
+            &mut registry,
+            "active_processes",
+            "Busy workers",
+            self.active_processes.into(),
+        );
+        gauge(
+            &mut registry,
+            "total_processes",
+            "Workers",
+            self.total_processes.into(),
+        );
+        gauge(
+            &mut registry,
+            "max_active_processes",
+            "Most workers busy at once",
+            self.max_active_processes.into(),
+        );
+        counter(
+            &mut registry,
+            "max_children_reached",
+            "Times the dynamic pool hit max_children",
+            self.max_children_reached,
+        );
+        counter(
+            &mut registry,
+            "slow_requests",
+            "Requests past request_slowlog_timeout",
+            self.slow_requests,
+        );
+        gauge(
+            &mut registry,
+            "start_time_seconds",
+            "When the pool started (Unix time)",
+            self.start_time as i64,
+        );
+        let restarts = Family::<Vec<(String, String)>, Counter>::default();
+        for (cause, n) in [
+            ("exit", self.restarts.exit),
+            ("crash", self.restarts.crash),
+            ("timeout", self.restarts.timeout),
+            ("oom", self.restarts.oom),
+            ("recycle", self.restarts.recycle),
+        ] {
+            restarts
+                .get_or_create(&vec![("cause".to_owned(), cause.to_owned())])
+                .inc_by(n);
+        }
+        registry.register("worker_restarts", "Workers replaced, by cause", restarts);
+        let mut out = String::new();
+        encode(&mut out, &registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Microseconds, saturating.
+pub fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
