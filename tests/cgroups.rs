@@ -18,9 +18,13 @@ struct TestCgroup(PathBuf);
 
 impl TestCgroup {
     fn new(name: &str) -> TestCgroup {
-        let path = Path::new(UNIFIED).join(format!("julia-fcgi-test-{name}-{}", std::process::id()));
+        let path =
+            Path::new(UNIFIED).join(format!("julia-fcgi-test-{name}-{}", std::process::id()));
         std::fs::create_dir(&path).unwrap_or_else(|e| {
-            panic!("cannot create {} ({e}); the host tests need root and a cgroup2 mount there", path.display())
+            panic!(
+                "cannot create {} ({e}); the host tests need root and a cgroup2 mount there",
+                path.display()
+            )
         });
         TestCgroup(path)
     }
@@ -59,7 +63,11 @@ fn each_worker_gets_a_cgroup_and_takes_its_children_along() {
         config: Some(format!("cgroup_root = {:?}\n", cg.0.display().to_string())),
         ..Options::default()
     });
-    assert!(d.log_text().contains("per-worker cgroups under"), "{}", d.log_text());
+    assert!(
+        d.log_text().contains("per-worker cgroups under"),
+        "{}",
+        d.log_text()
+    );
     // The master lives in the leaf supervisor/, each worker in worker-N/.
     assert_eq!(procs(&cg.0.join("supervisor")), vec![d.pid()]);
     let workers = d.worker_pids();
@@ -84,7 +92,10 @@ fn each_worker_gets_a_cgroup_and_takes_its_children_along() {
     let sleeper: i32 = std::fs::read_to_string(&pidfile).unwrap().parse().unwrap();
     assert!(alive(sleeper));
     let cgroup_of_sleeper = std::fs::read_to_string(format!("/proc/{sleeper}/cgroup")).unwrap();
-    assert!(cgroup_of_sleeper.contains("/worker-"), "{cgroup_of_sleeper}");
+    assert!(
+        cgroup_of_sleeper.contains("/worker-"),
+        "{cgroup_of_sleeper}"
+    );
 
     let mark = d.log_len();
     unsafe {
@@ -92,7 +103,10 @@ fn each_worker_gets_a_cgroup_and_takes_its_children_along() {
     }
     let start = Instant::now();
     while alive(sleeper) {
-        assert!(start.elapsed() < Duration::from_secs(10), "the page's child outlived its worker");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the page's child outlived its worker"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     d.wait_for_log_after(mark, "worker ready", Duration::from_secs(120));
@@ -103,7 +117,11 @@ fn each_worker_gets_a_cgroup_and_takes_its_children_along() {
         .filter(|e| e.path().is_dir())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(dirs.iter().filter(|d| d.starts_with("worker-")).count(), 2, "{dirs:?}");
+    assert_eq!(
+        dirs.iter().filter(|d| d.starts_with("worker-")).count(),
+        2,
+        "{dirs:?}"
+    );
     assert_eq!(fcgi::request(&d.addr, &Request::get(&p, "")).status(), 200);
 }
 
@@ -113,13 +131,20 @@ fn without_delegation_workers_die_with_the_master() {
     let mut d = Daemon::start(Options::default());
     let log = d.log_text();
     assert!(log.contains("per-worker cgroups off"), "{log}");
-    assert_eq!(log.matches("per-worker cgroups off").count(), 1, "said once");
+    assert_eq!(
+        log.matches("per-worker cgroups off").count(),
+        1,
+        "said once"
+    );
     let workers = d.worker_pids();
     d.child.kill().unwrap();
     d.child.wait().unwrap();
     let start = Instant::now();
     while workers.iter().any(|&pid| alive(pid)) {
-        assert!(start.elapsed() < Duration::from_secs(10), "orphaned workers: {workers:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "orphaned workers: {workers:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

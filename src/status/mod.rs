@@ -3,7 +3,7 @@
 //!
 //! It speaks FastCGI (nginx maps e.g. `/julia-fcgi-status` to it) and plain
 //! HTTP GET (curl, `julia-fcgi status`, a load balancer's health check).
-//! Paths ending in `/ping` answer `pong`; anything else is the status, as
+//! Paths ending in `ping` answer `pong`; anything else is the status, as
 //! text, `?json`, `?openmetrics`, each with `&full` for the workers.
 
 pub mod client;
@@ -98,7 +98,8 @@ where
 
 /// The page for `path` and `query`: (content type, body).
 fn page(path: &str, query: &str, reports: &watch::Receiver<Arc<Report>>) -> (&'static str, String) {
-    if path.ends_with("/ping") {
+    // /ping, /fpm-ping, /julia-fcgi-ping: whatever the web server maps.
+    if path.ends_with("ping") {
         return ("text/plain", "pong\n".into());
     }
     let has = |word: &str| query.split('&').any(|q| q == word);
