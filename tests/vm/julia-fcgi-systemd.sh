@@ -107,7 +107,7 @@ check "SYSLOG_IDENTIFIER=julia-fcgi" grep -q '"SYSLOG_IDENTIFIER":"julia-fcgi"' 
 curl -s -o /dev/null $URL/throws.jl
 sleep 2
 one_entry() { # an entry whose MESSAGE has the exception and a file:line, with REQUEST_URI
-    journalctl -u julia-fcgi.service -b -o json --no-pager | python3 -c '
+    journalctl -u julia-fcgi.service -b -o json --all --no-pager | python3 -c '
 import json, sys
 for line in sys.stdin:
     e = json.loads(line)
@@ -118,7 +118,8 @@ for line in sys.stdin:
         print(m); sys.exit(0)
 sys.exit(1)'
 }
-check "a page's exception is one journal entry with its backtrace" one_entry
+check "a page's exception is one journal entry with its backtrace" one_entry || \
+    journalctl -u julia-fcgi.service -b -o verbose --no-pager | grep -B3 -A25 'throws' | head -60
 
 load() { # $1 = output file; runs until /tmp/stop-load exists
     local ok=0 failed=0

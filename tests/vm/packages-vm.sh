@@ -85,12 +85,12 @@ check "example page through nginx: 200" test "$CODE" = 200
 check "example page body" grep -q "Hello, world!" /tmp/body
 check "service started by that request" systemctl is-active -q julia-fcgi.service
 MAIN=$(unit_state julia-fcgi.service MainPID)
-check "master runs as julia-fcgi" test "$(ps -o user= -p "$MAIN")" = julia-fcgi
-WORKERS=$(pgrep -P "$MAIN" | tr '\n' ' ')
+check "master runs as julia-fcgi" test "$(ps -o user:32= -p "$MAIN")" = julia-fcgi
+WORKERS=$(pgrep -P "$MAIN" | paste -sd, -)
 check "workers run as julia-fcgi" \
-    test -n "$WORKERS" -a "$(ps -o user= -p "${WORKERS// /,}" | sort -u | tr -d ' ')" = julia-fcgi
+    test -n "$WORKERS" -a "$(ps -o user:32= -p "$WORKERS" | sort -u | tr -d ' ')" = julia-fcgi
 check "workers' HOME is the state directory" \
-    bash -c "tr '\0' '\n' < /proc/${WORKERS%% *}/environ | grep -qx HOME=/var/lib/julia-fcgi"
+    bash -c "tr '\0' '\n' < /proc/${WORKERS%%,*}/environ | grep -qx HOME=/var/lib/julia-fcgi"
 
 load() { # $1 = output file; runs until /tmp/stop-load exists
     local ok=0 failed=0 code
