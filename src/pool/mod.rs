@@ -32,6 +32,7 @@ use crate::scoreboard::{Scoreboard, Snapshot};
 use crate::status::report::{Report, Restarts};
 use crate::worker::{self, Event, Exit, Handle, Spec};
 
+mod health;
 mod policy;
 mod reload;
 
@@ -349,7 +350,7 @@ impl Pool {
 
     /// Workers that overran their start-up or stop deadline are killed; their
     /// exit event then takes them through the usual path.
-    fn on_deadlines(&mut self) {
+    pub(super) fn on_deadlines(&mut self) {
         let now = Instant::now();
         let timeout = self.options.start_timeout;
         for slot in &mut self.slots {
@@ -582,116 +583,6 @@ impl Pool {
         }
         slot.state = SlotState::Waiting { until: now + delay };
         Ok(())
-    }
-
-    /// `WATCHDOG=1`, but only while the supervisor does its job. Sent from
-    /// this loop, so a stuck loop stops it by itself. Withheld when the
-    /// pool's own timers are overdue: replacements not started, or hung
-    /// workers not killed, mean reaping and replacing are broken and a
-    /// restart by systemd is the cure. Never withheld because workers crash
-    /// or start slowly: back-off handles those, and a restart would only
-    /// repeat them (a restart storm).
-    fn watchdog(&mut self) {
-        let now = Instant::now();
-        let overdue = self.slots.iter().any(|slot| match &slot.state {
-            SlotState::Waiting { until } => now.saturating_duration_since(*until) > OVERDUE,
-            SlotState::Starting { deadline, .. } => {
-                now.saturating_duration_since(*deadline) > OVERDUE
-            }
-            SlotState::Running { .. } => false,
-        }) || self
-            .retiring
-            .iter()
-            .any(|r| now.saturating_duration_since(r.deadline) > OVERDUE + OVERDUE);
-        if overdue {
-            tracing::error!("supervisor timers are overdue; withholding the watchdog ping");
-        } else {
-            self.notifier.watchdog();
-        }
-    }
-
-    pub(super) fn status_text(&self) -> String {
-        let ready = self
-            .slots
-            .iter()
-            .filter(|s| matches!(s.state, SlotState::Running { .. }))
-            .count();
-        let size = self.slots.len();
-        let mut text = match self.phase {
-            Phase::Starting => format!("starting workers: {ready}/{size} ready"),
-            Phase::Serving => format!("{ready}/{size} workers ready"),
-            Phase::Reloading => {
-                let done = self
-                    .slots
-                    .iter()
-                    .filter(|s| s.generation == self.generation)
-                    .count();
-                format!("{ready}/{size} workers ready; reloading: {done}/{size} replaced")
-            }
-        };
-        if let Some(load) = self.load_text() {
-            text.push_str(": ");
-            text.push_str(&load);
-        }
-        if self.cgroups_off.is_some() {
-            text.push_str("; per-worker cgroups off");
-        }
-        let backing_off: Vec<String> = self
-            .slots
-            .iter()
-            .filter(|s| s.crashes.len() > 1 && matches!(s.state, SlotState::Waiting { .. }))
-            .map(|s| format!("worker {} ({} crashes)", s.number, s.crashes.len()))
-            .collect();
-        if !backing_off.is_empty() {
-            text.push_str("; crash loop, backing off: ");
-            text.push_str(&backing_off.join(", "));
-        }
-        text
-    }
-
-    fn update_status(&self) {
-        self.notifier.status(&self.status_text());
-    }
-
-    /// Tells every worker to stop, waits for them up to the grace period,
-    /// then kills what is left.
-    async fn drain(&mut self) {
-        self.notifier.stopping();
-        let grace = self.options.shutdown_grace;
-        for slot in std::mem::take(&mut self.slots) {
-            if let Some((successor, _)) = slot.successor {
-                self.retire(successor, grace);
-            }
-            if let SlotState::Starting { handle, .. } | SlotState::Running { handle } = slot.state {
-                self.retire(handle, grace);
-            }
-        }
-        tracing::info!(
-            "stopping {} worker(s); requests in progress get {grace:?} to finish",
-            self.retiring.len()
-        );
-        let give_up = Instant::now() + grace + Duration::from_secs(5);
-        while !self.retiring.is_empty() {
-            let deadline = self.next_deadline().unwrap_or(give_up).min(give_up);
-            tokio::select! {
-                Some(event) = self.events.recv() => {
-                    if let Event::Exited(exit) = event {
-                        self.retiring.retain(|r| r.handle.pid != exit.pid);
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline) => {
-                    if Instant::now() >= give_up {
-                        tracing::error!(
-                            "{} worker(s) did not exit even after SIGKILL",
-                            self.retiring.len()
-                        );
-                        return;
-                    }
-                    self.on_deadlines();
-                }
-            }
-        }
-        tracing::info!("all workers stopped");
     }
 }
 

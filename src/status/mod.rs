@@ -35,27 +35,42 @@ pub async fn serve(listener: OwnedFd, reports: watch::Receiver<Arc<Report>>) {
     )
     .map(|a| a.as_unix_addr().is_some())
     .unwrap_or(true);
-    if is_unix {
-        let listener = match tokio::net::UnixListener::from_std(fd.into()) {
-            Ok(l) => l,
-            Err(e) => return tracing::error!("status socket unusable: {e}"),
-        };
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => spawn_answer(stream, reports.clone()),
-                Err(e) => accept_failed(e).await,
-            }
-        }
+    let result = if is_unix {
+        tokio::net::UnixListener::from_std(fd.into()).map(|l| tokio::spawn(accept_loop(l, reports)))
     } else {
-        let listener = match tokio::net::TcpListener::from_std(fd.into()) {
-            Ok(l) => l,
-            Err(e) => return tracing::error!("status socket unusable: {e}"),
-        };
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => spawn_answer(stream, reports.clone()),
-                Err(e) => accept_failed(e).await,
-            }
+        tokio::net::TcpListener::from_std(fd.into()).map(|l| tokio::spawn(accept_loop(l, reports)))
+    };
+    if let Err(e) = result {
+        tracing::error!("status socket unusable: {e}");
+    }
+}
+
+/// A listener of either kind, for one accept loop.
+trait Accept {
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn accept_one(&self)
+        -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_one(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_one(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+async fn accept_loop<L: Accept>(listener: L, reports: watch::Receiver<Arc<Report>>) {
+    loop {
+        match listener.accept_one().await {
+            Ok(stream) => spawn_answer(stream, reports.clone()),
+            Err(e) => accept_failed(e).await,
         }
     }
 }
