@@ -33,7 +33,11 @@ fn every_format_reports_the_live_pool() {
         ..Options::default()
     });
     let status = d.dir.path().join("status.sock");
-    let hello = page(d.dir.path(), "hello.jl", r#"print("Content-Type: text/plain\r\n\r\nhi")"#);
+    let hello = page(
+        d.dir.path(),
+        "hello.jl",
+        r#"print("Content-Type: text/plain\r\n\r\nhi")"#,
+    );
     for _ in 0..7 {
         assert_eq!(fcgi::get(&d.addr, &hello, "").body_text(), "hi");
     }
@@ -50,14 +54,23 @@ fn every_format_reports_the_live_pool() {
     assert!(j.get("processes").is_none(), "workers only with full");
 
     let (head, text) = http_get(&status, "/status");
-    assert!(head.contains("200 OK") && head.contains("text/plain"), "{head}");
+    assert!(
+        head.contains("200 OK") && head.contains("text/plain"),
+        "{head}"
+    );
     assert!(text.contains("accepted conn:       7"), "{text}");
     assert!(text.contains("process manager:     static"), "{text}");
 
     let (head, metrics) = http_get(&status, "/status?openmetrics");
     assert!(head.contains("application/openmetrics-text"), "{head}");
-    assert!(metrics.contains("julia_fcgi_accepted_connections_total 7"), "{metrics}");
-    assert!(metrics.contains("julia_fcgi_total_processes 2"), "{metrics}");
+    assert!(
+        metrics.contains("julia_fcgi_accepted_connections_total 7"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("julia_fcgi_total_processes 2"),
+        "{metrics}"
+    );
     assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
 
     let full = json(&status, "/status?json&full");
@@ -67,7 +80,10 @@ fn every_format_reports_the_live_pool() {
     pids.sort();
     live.sort();
     assert_eq!(pids, live);
-    let served: u64 = workers.iter().map(|w| w["requests"].as_u64().unwrap()).sum();
+    let served: u64 = workers
+        .iter()
+        .map(|w| w["requests"].as_u64().unwrap())
+        .sum();
     assert_eq!(served, 7);
 
     assert_eq!(http_get(&status, "/ping").1, "pong\n");
@@ -78,14 +94,21 @@ fn every_format_reports_the_live_pool() {
     let j: serde_json::Value = serde_json::from_slice(&resp.http().2).unwrap();
     assert_eq!(j["accepted conn"], 7);
     req.param("SCRIPT_NAME", "/julia-fcgi-ping");
-    assert_eq!(fcgi::request(&Addr::Unix(status), &req).body_text(), "pong\n");
+    assert_eq!(
+        fcgi::request(&Addr::Unix(status), &req).body_text(),
+        "pong\n"
+    );
 }
 
 #[test]
 fn status_answers_fast_while_every_worker_is_stuck() {
     let d = Daemon::start(Options::default());
     let status = d.dir.path().join("status.sock");
-    let slow = page(d.dir.path(), "slow.jl", r#"sleep(8); print("Content-Type: text/plain\r\n\r\nok")"#);
+    let slow = page(
+        d.dir.path(),
+        "slow.jl",
+        r#"sleep(8); print("Content-Type: text/plain\r\n\r\nok")"#,
+    );
     let clients: Vec<_> = (0..3)
         .map(|i| {
             let (addr, p) = (d.addr.clone(), slow.clone());
@@ -103,11 +126,23 @@ fn status_answers_fast_while_every_worker_is_stuck() {
     assert!(took < Duration::from_millis(100), "status took {took:?}");
     assert_eq!(j["active processes"], 1, "{j}");
     assert_eq!(j["idle processes"], 0, "{j}");
-    assert_eq!(j["listen queue"], 2, "two connections wait for the one worker: {j}");
+    assert_eq!(
+        j["listen queue"], 2,
+        "two connections wait for the one worker: {j}"
+    );
     let worker = &j["processes"][0];
     assert_eq!(worker["state"], "busy");
-    assert!(worker["request uri"].as_str().unwrap().starts_with("/slow.jl?client="), "{worker}");
-    assert!(worker["request duration"].as_u64().unwrap() > 1_000_000, "{worker}");
+    assert!(
+        worker["request uri"]
+            .as_str()
+            .unwrap()
+            .starts_with("/slow.jl?client="),
+        "{worker}"
+    );
+    assert!(
+        worker["request duration"].as_u64().unwrap() > 1_000_000,
+        "{worker}"
+    );
     for c in clients {
         assert_eq!(c.join().unwrap(), "ok");
     }
@@ -123,7 +158,11 @@ fn the_status_command_prints_a_table_or_says_why_not() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("1 total, 1 idle, 0 busy"), "{text}");
     assert!(text.contains(&d.worker_pids()[0].to_string()), "{text}");
     let out = Command::new(bin())
@@ -142,6 +181,9 @@ fn the_status_command_prints_a_table_or_says_why_not() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot reach julia-fcgi's status socket"), "{err}");
+    assert!(
+        err.contains("cannot reach julia-fcgi's status socket"),
+        "{err}"
+    );
     assert!(err.contains("Is julia-fcgi running"), "{err}");
 }

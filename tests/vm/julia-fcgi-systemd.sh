@@ -122,10 +122,15 @@ check "a page's exception is one journal entry with its backtrace" one_entry || 
     journalctl -u julia-fcgi.service -b -o verbose --no-pager | grep -B3 -A25 'throws' | head -60
 
 load() { # $1 = output file; runs until /tmp/stop-load exists
-    local ok=0 failed=0
+    local ok=0 failed=0 code
     while [ ! -e /tmp/stop-load ]; do
-        if [ "$(curl -s -m 600 -o /dev/null -w '%{http_code}' $URL/hello.jl)" = 200 ]; then
-            ok=$((ok+1)); else failed=$((failed+1)); fi
+        code=$(curl -s -m 600 -o /tmp/load-body.$$ -w '%{http_code}' $URL/hello.jl)
+        if [ "$code" = 200 ]; then
+            ok=$((ok+1))
+        else
+            [ $failed = 0 ] && echo "first failure: HTTP $code: $(head -c 300 /tmp/load-body.$$)" >&2
+            failed=$((failed+1))
+        fi
     done
     echo "$ok $failed" > "$1"
 }
@@ -140,6 +145,7 @@ under_load() { # $1 = description, rest = command
     touch /tmp/stop-load; wait $l1 $l2
     read -r ok1 f1 < /tmp/load1; read -r ok2 f2 < /tmp/load2
     echo "$what: $((ok1+ok2)) requests ok, $((f1+f2)) failed"
+    [ $((f1+f2)) = 0 ] || tail -5 /var/log/nginx/error.log
     check "$what loses no request" test $((f1+f2)) = 0 -a $((ok1+ok2)) -gt 0
 }
 wait_reload() {
