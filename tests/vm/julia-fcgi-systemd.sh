@@ -104,8 +104,10 @@ J=$(journalctl -u julia-fcgi.service -b -o json --no-pager)
 check "journal entries carry WORKER and WORKER_PID" grep -q '"WORKER_PID"' <<<"$J"
 check "journalctl WORKER=1 selects one worker" test -n "$(journalctl -u julia-fcgi.service -b --no-pager -q WORKER=1)"
 check "SYSLOG_IDENTIFIER=julia-fcgi" grep -q '"SYSLOG_IDENTIFIER":"julia-fcgi"' <<<"$J"
-curl -s -o /dev/null $URL/throws.jl
+echo "throws.jl: HTTP $(curl -s -m 600 -o /dev/null -w '%{http_code}' $URL/throws.jl)"
 sleep 2
+echo "hello.jl after it: HTTP $(curl -s -m 600 -o /dev/null -w '%{http_code}' $URL/hello.jl)"
+journalctl -u julia-fcgi.service -b --no-pager -n 15
 one_entry() { # an entry whose MESSAGE has the exception and a file:line, with REQUEST_URI
     journalctl -u julia-fcgi.service -b -o json --all --no-pager | python3 -c '
 import json, sys
