@@ -169,6 +169,8 @@ check "nginx untouched: its configuration unchanged" test "$(nginx_conf)" = "$NG
 CODE=$(curl -sS -m 60 -o /dev/null -w '%{http_code}' $URL/static.txt)
 check "nginx still serves" test "$CODE" = 200
 
+# For a failed run: run-vm-package-test keeps $OUT_DIR (journal.txt is there).
+cp /var/log/nginx/error.log "$OUT_DIR/nginx-error.log" 2>/dev/null
 echo "== journal (last 30 lines)"
 journalctl -u julia-fcgi.service -u julia-fcgi.socket -b --no-pager | tail -30
 echo
