@@ -31,12 +31,15 @@ pub enum Level {
 pub enum ToWorker {
     /// Finish the current request, accept nothing more, exit 0.
     Stop,
+    /// A SIGTERM follows for an overrun request: do not answer it.
+    Abort,
 }
 
 impl ToWorker {
     pub fn line(self) -> &'static [u8] {
         match self {
             ToWorker::Stop => b"STOP\n",
+            ToWorker::Abort => b"ABORT\n",
         }
     }
 }

@@ -108,6 +108,8 @@ fn run(cli: Cli, settings: Settings, notifier: Arc<Notifier>) -> anyhow::Result<
         None => StatusSocket::Bound(listen::bind_status(&settings)?),
     };
     let (cgroups, cgroups_off) = open_cgroups(&settings)?;
+    let board = Scoreboard::create(&runtime.join("scoreboard"), board_capacity(&settings))
+        .with_context(|| format!("cannot create the scoreboard in {}", runtime.display()))?;
     // Everything that needs root is done: become the service user for good,
     // before any thread exists.
     if let Some(identity) = &settings.identity {
@@ -120,8 +122,6 @@ fn run(cli: Cli, settings: Settings, notifier: Arc<Notifier>) -> anyhow::Result<
         );
     }
     privileges::no_new_privileges()?;
-    let board = Scoreboard::create(&runtime.join("scoreboard"), board_capacity(&settings))
-        .with_context(|| format!("cannot create the scoreboard in {}", runtime.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -88,9 +88,11 @@ impl Handle {
         let _ = self.commands.send(ToWorker::Stop);
     }
 
-    /// SIGTERM: Julia exits at once (a request in progress is lost).
+    /// Ends the worker over an overrun request: `ABORT` (so the request is
+    /// not answered as if complete), then SIGTERM once the actor has
+    /// delivered it.
     pub fn terminate(&self) {
-        let _ = nix::sys::signal::kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
+        let _ = self.commands.send(ToWorker::Abort);
     }
 
     /// Kills the worker and everything it started: its whole cgroup, or its
@@ -250,6 +252,12 @@ impl Actor {
                 Some(command) = inbox.recv() => {
                     // A worker that already closed its end is leaving anyway.
                     let _ = control_out.write_all(command.line()).await;
+                    if command == ToWorker::Abort {
+                        let _ = nix::sys::signal::kill(
+                            Pid::from_raw(self.pid as i32),
+                            Signal::SIGTERM,
+                        );
+                    }
                 }
                 status = child.wait() => break status.ok(),
             }

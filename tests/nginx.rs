@@ -58,8 +58,9 @@ fn start_nginx(socket: &Path, root: &Path) -> Nginx {
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "nginx did not start"
+            start.elapsed() < Duration::from_secs(60),
+            "nginx did not start: {}",
+            std::fs::read_to_string(prefix.path().join("error.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -14,6 +14,10 @@ URL=http://127.0.0.1:8080
 
 echo "== install"
 useradd --system --home-dir /var/lib/julia-fcgi --no-create-home --shell /usr/sbin/nologin julia-fcgi
+# As the packages do: the runtime directory belongs to julia-fcgi before the
+# socket unit binds in it (packaging/tmpfiles.d explains why).
+install -D -m 0644 "$F/tmpfiles.conf" /usr/lib/tmpfiles.d/julia-fcgi.conf
+systemd-tmpfiles --create /usr/lib/tmpfiles.d/julia-fcgi.conf
 install -D -m 0755 "$F/julia-fcgi" /usr/sbin/julia-fcgi
 mkdir -p /usr/share/julia-fcgi && cp -r "$F/julia/." /usr/share/julia-fcgi/
 install -D -m 0644 "$F/systemd/julia-fcgi.socket" /etc/systemd/system/julia-fcgi.socket

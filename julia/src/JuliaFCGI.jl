@@ -1,0 +1,133 @@
+"""
+    JuliaFCGI
+
+The Julia worker of julia-fcgi: a FastCGI responder that runs Julia pages
+CGI-style, managed by the Rust master (see `julia/INTERFACE.md`).
+
+Modules, bottom-up:
+
+| module      | job |
+|-------------|-----|
+| `Posix`     | `ccall` wrappers: accept4, poll, read, send, fcntl, socketpair |
+| `Log`       | the worker's log entries, raw `write(2)`, escaped one-liners |
+| `Control`   | control channel: READY / EXITING out, STOP in |
+| `Config`    | settings from the environment |
+| `FastCGI`   | wire format: record constants, headers, name-value pairs, builders |
+| `Output`    | `ResponseIO` (the page's stdout), CGI headers → STDOUT records |
+| `Env`       | switching `ENV` between the worker's and a request's, by diff |
+| `Transform` | static analysis of a page: handler / compiled / fallback |
+| `Loader`    | parse, plan and load a page into its own module |
+| `Pages`     | the CGI runtime: checks, page cache, running a page, errors |
+| `Scoreboard`| this worker's slot in the master's shared scoreboard |
+| `Server`    | accept loop, connection and request handling |
+| `Warmup`    | synthetic requests through the real path before READY |
+
+Theory of operation: fd 0 is a listening socket shared by all workers. The
+worker accepts one connection at a time itself (`accept4` on a non-blocking
+fd 0, `poll` with the control fd when nothing is pending), reads records into
+one reused buffer, and when a request is complete swaps in the request's
+world (ENV, stdin, stdout, cwd), calls the page, swaps back and sends the
+response in one write. Nothing in that path throws on purpose; a page's
+exception becomes a 500 and one log entry.
+"""
+module JuliaFCGI
+
+# Base's stdin/stdout/PROGRAM_FILE are plain globals of Base; Julia 1.5 has
+# no `setglobal!`, so define setters inside Base once.
+Core.eval(Base, quote
+    function __jfcgi_set_stdio!(i::IO, o::IO)
+        global stdin = i
+        global stdout = o
+        return nothing
+    end
+    function __jfcgi_set_program_file!(p::String)
+        global PROGRAM_FILE = p
+        return nothing
+    end
+end)
+
+include("Posix.jl")
+include("Log.jl")
+include("Control.jl")
+include("Config.jl")
+include("FastCGI.jl")
+include("Output.jl")
+include("Env.jl")
+include("Transform.jl")
+include("Loader.jl")
+include("Pages.jl")
+include("Scoreboard.jl")
+include("Server.jl")
+include("Warmup.jl")
+
+"""
+    exit_hook(w)
+
+Registered with `atexit`: if a page calls `Base.exit` directly (the page's
+own `exit` is shadowed and never gets here), finish the response in flight
+and tell the master before the process goes.
+"""
+function exit_hook(w::Server.Worker)
+    rt = w.rt
+    rt.inflight || return nothing
+    if Control.abort_pending!()
+        # Terminated for overrunning its request: the client must see the
+        # connection close, never a response that looks complete.
+        rt.inflight = false
+        Posix.closefd(rt.resp.fd)
+        return nothing
+    end
+    try
+        rt.inflight = false
+        Base.__jfcgi_set_stdio!(rt.worker_stdin, rt.worker_stdout)
+        Output.finish!(rt.resp, 0)
+        Posix.closefd(rt.resp.fd)
+        Scoreboard.done!(true)
+        Scoreboard.write_state!(Scoreboard.STOPPING)
+        Control.exiting("page called exit()")
+    catch e
+        Log.error("finishing the response of a page that called Base.exit failed: " *
+                  sprint(showerror, e))
+    end
+    return nothing
+end
+
+function control_fd()::Int
+    s = get(ENV, "JULIA_FCGI_CONTROL_FD", "")
+    isempty(s) && return -1
+    fd = tryparse(Int, s)
+    fd === nothing || fd < 0 ? -1 : fd
+end
+
+"""
+    main()
+
+Run the worker: set up logging and the control channel, read the settings,
+warm up, send READY, serve until STOP (or a page's `exit()`), send EXITING
+and exit 0. Exits 1 when fd 0 cannot be accepted on.
+"""
+function main()
+    cfd = control_fd()
+    Log.init!(cfd >= 0 ? cfd : 2; control=cfd >= 0)
+    Control.init!(cfd)
+    Posix.ignore_sigpipe()
+    settings = Config.load()
+    Scoreboard.init!()
+    lfd = Posix.move_listener(Server.LISTEN_FD)
+    if lfd < 0 || !Posix.set_nonblocking(lfd, true)
+        Log.error("fd 0 is not usable (expected the FastCGI listening socket)")
+        exit(1)
+    end
+    Warmup.run!(settings)
+    w = Server.Worker(settings, lfd)
+    atexit(() -> exit_hook(w))
+    Scoreboard.write_state!(Scoreboard.IDLE)
+    Control.ready()
+    reason = Server.accept_loop!(w)
+    Scoreboard.write_state!(Scoreboard.STOPPING)
+    reason === nothing && exit(1)
+    Control.exiting(reason)
+    exit(0)
+end
+
+end # module JuliaFCGI
