@@ -8,6 +8,10 @@ restarted in a loop by the master.
 """
 module Config
 
+# Run at load time or on rare paths: compile fast rather than optimize
+# (about a second less CPU before READY).
+Base.Experimental.@optlevel 1
+
 using ..Log
 
 """Immutable settings of one worker process."""

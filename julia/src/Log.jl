@@ -10,6 +10,10 @@ backtrace stays one line and one entry (INTERFACE.md, "Control channel").
 """
 module Log
 
+# Run at load time or on rare paths: compile fast rather than optimize
+# (about a second less CPU before READY).
+Base.Experimental.@optlevel 1
+
 using ..Posix
 
 const ERROR = "error"

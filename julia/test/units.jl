@@ -1,0 +1,175 @@
+# Unit tests: wire format, headers, log escaping, environment switching.
+using .JuliaFCGI: FastCGI, Output, Log, Env, Posix
+using .JuliaFCGI.FastCGI: ByteBuf
+
+bytes_of(b::ByteBuf) = b.data[1:b.len]
+
+@testset "records" begin
+    b = FastCGI.put_record!(ByteBuf(16), FastCGI.STDOUT, 258, "hello")
+    @test bytes_of(b) == UInt8[1, 6, 1, 2, 0, 5, 3, 0, codeunits("hello")..., 0, 0, 0]
+    recs, rest = FastCGI.decode_records(bytes_of(b))
+    @test rest == 0 && length(recs) == 1
+    @test recs[1].type == FastCGI.STDOUT && recs[1].rid == 258 && String(recs[1].content) == "hello"
+
+    # A stream is split into records of at most 65535 bytes, 8-byte padded.
+    data = rand(UInt8, 150_000)
+    b = FastCGI.put_stream!(ByteBuf(), FastCGI.STDOUT, 1, data)
+    recs, rest = FastCGI.decode_records(bytes_of(b))
+    @test rest == 0
+    @test all(r -> length(r.content) <= FastCGI.MAX_CONTENT, recs)
+    @test vcat([r.content for r in recs]...) == data
+    @test b.len % 8 == 0
+    @test FastCGI.put_stream!(ByteBuf(), FastCGI.STDOUT, 1, UInt8[]).len == 0
+
+    b = FastCGI.put_end_request!(ByteBuf(), 7, 0x01020304, FastCGI.UNKNOWN_ROLE)
+    @test bytes_of(b) == UInt8[1, 3, 0, 7, 0, 8, 0, 0, 1, 2, 3, 4, 3, 0, 0, 0]
+    b = FastCGI.put_unknown_type!(ByteBuf(), 0x42)
+    @test bytes_of(b) == UInt8[1, 11, 0, 0, 0, 8, 0, 0, 0x42, 0, 0, 0, 0, 0, 0, 0]
+    # Incomplete trailing record is reported as rest.
+    recs, rest = FastCGI.decode_records(bytes_of(b)[1:12])
+    @test isempty(recs) && rest == 12
+end
+
+@testset "name-value pairs" begin
+    long_name = "N" ^ 200
+    long_value = "v" ^ 70_000
+    b = ByteBuf()
+    FastCGI.put_pair!(b, "A", "1")
+    FastCGI.put_pair!(b, long_name, "short")
+    FastCGI.put_pair!(b, "LONG", long_value)
+    FastCGI.put_pair!(b, "EMPTY", "")
+    d = bytes_of(b)
+    @test d[1:2] == UInt8[1, 1]                        # 1-byte lengths
+    @test d[5] == 0x80 && d[8] == 200                  # 4-byte name length
+    out = Dict{String,String}()
+    @test FastCGI.parse_pairs!(out, d, 1, length(d))
+    @test out == Dict("A" => "1", long_name => "short", "LONG" => long_value, "EMPTY" => "")
+    # Every truncation of the stream is detected, never read past the end.
+    for cut in (1, 2, 3, 5, 7, 9, length(d) - 1)
+        @test !FastCGI.parse_pairs!(Dict{String,String}(), d, 1, cut)
+    end
+    # A length field claiming more than there is.
+    bad = UInt8[0x05, 0x80, 0xff, 0xff, 0xff, codeunits("NAME")...]
+    @test !FastCGI.parse_pairs!(Dict{String,String}(), bad, 1, length(bad))
+end
+
+@testset "GET_VALUES" begin
+    q = ByteBuf()
+    for n in ("FCGI_MPXS_CONNS", "FCGI_MAX_CONNS", "NOT_A_VARIABLE")
+        FastCGI.put_pair!(q, n, "")
+    end
+    b = ByteBuf()
+    @test FastCGI.values_result!(b, q.data, 1, q.len)
+    recs, _ = FastCGI.decode_records(bytes_of(b))
+    @test recs[1].type == FastCGI.GET_VALUES_RESULT && recs[1].rid == 0
+    vals = Dict{String,String}()
+    FastCGI.parse_pairs!(vals, recs[1].content, 1, length(recs[1].content))
+    @test vals == Dict("FCGI_MPXS_CONNS" => "0", "FCGI_MAX_CONNS" => "1")
+    @test !FastCGI.values_result!(ByteBuf(), UInt8[0x09], 1, 1)
+end
+
+cgi(s) = (v = Vector{UInt8}(s); (v, length(v)))
+function normalized(s)
+    v, n = cgi(s)
+    he, bs = Output.header_block(v, n)
+    hdr = Output.normalize_headers!(ByteBuf(), v, max(he, 0))
+    return String(bytes_of(hdr)), String(v[bs:n])
+end
+
+@testset "CGI headers" begin
+    @test Output.header_block(cgi("Content-Type: text/plain\n\nbody")...) == (25, 27)
+    @test Output.header_block(cgi("A: b\r\nC: d\r\n\r\nx")...) == (12, 15)
+    @test Output.header_block(cgi("\nbody")...) == (0, 2)          # empty header block
+    @test Output.header_block(cgi("")...) == (-1, 1)
+    @test Output.header_block(cgi("<html>\n\n")...) == (-1, 1)      # not a header line
+    @test Output.header_block(cgi("Content-Type: text/plain\nno blank line")...) == (-1, 1)
+    @test Output.header_block(cgi("Bad Name: x\n\n")...) == (-1, 1)
+    @test Output.header_block(cgi(": x\n\n")...) == (-1, 1)
+
+    h, body = normalized("Content-Type: text/plain\n\nHello")
+    @test h == "Content-Type: text/plain\r\n\r\n" && body == "Hello"
+    h, body = normalized("Status: 404 Not Found\r\nX-A:   spaced  \r\n\r\nmissing")
+    @test h == "Status: 404 Not Found\r\nX-A: spaced  \r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+    @test body == "missing"
+    h, body = normalized("content-TYPE:text/csv\n\n")
+    @test h == "content-TYPE: text/csv\r\n\r\n" && body == ""
+    h, body = normalized("just text, no headers\n")
+    @test h == "Content-Type: text/html; charset=utf-8\r\n\r\n" && body == "just text, no headers\n"
+end
+
+@testset "response records" begin
+    a, b = Posix.socketpair()
+    try
+        io = Output.reset!(Output.ResponseIO(), b, 3)
+        print(io, "Content-Type: text/plain\n\n", "x" ^ 100)
+        io.err = "a note"
+        @test Output.finish!(io, 5)
+        buf = Vector{UInt8}(undef, 1 << 16)
+        n = Posix.read_some(a, buf, 0, length(buf))
+        recs, rest = FastCGI.decode_records(buf[1:n])
+        @test rest == 0
+        @test [r.type for r in recs] == [FastCGI.STDERR, FastCGI.STDERR, FastCGI.STDOUT,
+                                         FastCGI.STDOUT, FastCGI.END_REQUEST]
+        @test String(recs[3].content) == "Content-Type: text/plain\r\n\r\n" * "x" ^ 100
+        @test all(r -> r.rid == 3, recs) && recs[5].content[4] == 5
+
+    finally
+        Posix.closefd(a); Posix.closefd(b)
+    end
+    # Past the threshold output is streamed; the total is intact. (Written to
+    # a file: a socketpair would need a concurrent reader.)
+    path, tmp = mktemp()
+    close(tmp)
+    fd = ccall(:open, Cint, (Cstring, Cint, Cint), path, 0o1101, 0o600)
+    try
+        io = Output.reset!(Output.ResponseIO(), fd, 4)
+        print(io, "Content-Type: text/plain\n\n")
+        big = repeat("0123456789", 60_000)
+        for i in 1:60
+            print(io, big[(i-1)*10_000+1:i*10_000])
+        end
+        @test io.streamed
+        @test Output.finish!(io, 0)
+        recs, rest = FastCGI.decode_records(read(path))
+        @test rest == 0 && recs[end].type == FastCGI.END_REQUEST
+        out = String(vcat([r.content for r in recs if r.type == FastCGI.STDOUT]...))
+        @test out == "Content-Type: text/plain\r\n\r\n" * big
+    finally
+        Posix.closefd(fd)
+        rm(path)
+    end
+end
+
+@testset "log escaping" begin
+    @test Log.escape_field("plain") == "plain"
+    @test Log.escape_field("a\\b\nc\rd\te") == "a\\\\b\\nc\\rd\\te"
+    line = Log.format_entry("warn", "two\nlines", ("REQUEST_URI" => "/x\ty",); control=true)
+    @test line == "LOG\twarn\ttwo\\nlines\tREQUEST_URI=/x\\ty"
+    @test !occursin('\n', Log.format_entry("error", "a\nb", (); control=false))
+end
+
+@testset "environment switching" begin
+    saved = Dict(ENV)
+    try
+        st = Env.EnvState()
+        base = copy(st.base)
+        req1 = Dict("SCRIPT_FILENAME" => "/a.jl", "QUERY_STRING" => "x=1", "BAD=NAME" => "v",
+                    "NUL" => "a\0b", "" => "empty")
+        Env.switch!(st, req1)
+        @test Dict(ENV) == Dict("SCRIPT_FILENAME" => "/a.jl", "QUERY_STRING" => "x=1")
+        req2 = Dict("SCRIPT_FILENAME" => "/a.jl", "QUERY_STRING" => "x=2", "NEW" => "n")
+        Env.switch!(st, req2)
+        @test Dict(ENV) == req2
+        ENV["PAGE_SET"] = "1"                  # a page changing ENV itself
+        delete!(ENV, "NEW")
+        @test Env.changed(st.snap)
+        Env.switch!(st, Dict("ONLY" => "this"))
+        @test Dict(ENV) == Dict("ONLY" => "this")
+        ENV["LEAK"] = "x"
+        Env.restore!(st)
+        @test Dict(ENV) == base && Env.isrestored(st)
+    finally
+        for k in keys(ENV); delete!(ENV, k); end
+        for (k, v) in saved; ENV[k] = v; end
+    end
+end
