@@ -1,0 +1,8 @@
+# julia-fcgi %postun: %systemd_postun julia-fcgi.socket and
+# %systemd_postun_with_restart julia-fcgi.service. On upgrade only the service
+# is restarted (if it runs); the socket stays open, so requests that arrive
+# meanwhile wait in its backlog instead of failing.
+systemctl daemon-reload >/dev/null 2>&1 || :
+if [ "$1" -ge 1 ]; then
+    systemctl try-restart julia-fcgi.service >/dev/null 2>&1 || :
+fi

@@ -1,0 +1,5 @@
+# julia-fcgi %preun: %systemd_preun julia-fcgi.socket julia-fcgi.service.
+if [ "$1" -eq 0 ]; then
+    # Package removal, not upgrade: stop and disable.
+    systemctl --no-reload disable --now julia-fcgi.socket julia-fcgi.service >/dev/null 2>&1 || :
+fi
