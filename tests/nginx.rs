@@ -33,6 +33,13 @@ fn start_nginx(socket: &Path, root: &Path) -> Nginx {
             "unix:/run/julia-fcgi/julia-fcgi.sock",
             &format!("unix:{}", socket.display()),
         );
+    // The snippet includes `fastcgi_params` relative to the config, as in
+    // /etc/nginx; a private config needs its own copy next to it.
+    std::fs::copy(
+        "/etc/nginx/fastcgi_params",
+        prefix.path().join("fastcgi_params"),
+    )
+    .expect("/etc/nginx/fastcgi_params (Debian's nginx package)");
     let snippet_path = prefix.path().join("julia-fcgi.conf");
     std::fs::write(&snippet_path, snippet).unwrap();
     let conf = std::fs::read_to_string(examples().join("nginx/nginx.conf.in"))
