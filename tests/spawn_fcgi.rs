@@ -66,7 +66,8 @@ fn a_worker_alone_runs_under_spawn_fcgi() {
     let start = Instant::now();
     // No master reports readiness here: the socket exists at once and
     // connections queue until the worker accepts.
-    while !sock.exists() {
+    // spawn-fcgi binds (the file appears) a moment before it listens.
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         assert!(
             start.elapsed() < READY_TIMEOUT,
             "no socket:\n{}",
