@@ -151,18 +151,29 @@ fn status_answers_fast_while_every_worker_is_stuck() {
 #[test]
 fn the_status_command_prints_a_table_or_says_why_not() {
     let d = Daemon::start(Options::default());
-    let out = Command::new(bin())
-        .arg("status")
-        .arg("--runtime-dir")
-        .arg(d.dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let status = || {
+        let out = Command::new(bin())
+            .arg("status")
+            .arg("--runtime-dir")
+            .arg(d.dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    // The report is refreshed every 100 ms: right after "ready:" it may
+    // still show the worker starting.
+    let mut text = status();
+    let start = std::time::Instant::now();
+    while !text.contains("1 total, 1 idle, 0 busy") && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        text = status();
+    }
     assert!(text.contains("1 total, 1 idle, 0 busy"), "{text}");
     assert!(text.contains(&d.worker_pids()[0].to_string()), "{text}");
     let out = Command::new(bin())

@@ -62,10 +62,13 @@ mutable struct Conn
     params::ByteBuf
     body::Vector{UInt8}
     env::Dict{String,String}
+    fresh::Bool            # accepted, no request begun yet: the client's first
+                           # request is on its way, so a STOP must not drop it
 end
 
 Conn() = Conn(Cint(-1), Vector{UInt8}(undef, READ_BUF), 1, 0, 0x00, 0, 0, 0, 0,
-              false, false, 0, false, false, ByteBuf(8192), UInt8[], Dict{String,String}())
+              false, false, 0, false, false, ByteBuf(8192), UInt8[], Dict{String,String}(),
+              true)
 
 function reset!(c::Conn, fd::Cint)
     c.fd = fd
@@ -73,11 +76,13 @@ function reset!(c::Conn, fd::Cint)
     c.tail = 0
     c.active = false
     c.busy = false
+    c.fresh = true
     return c
 end
 
 buffered(c::Conn) = c.tail - c.head + 1
-idle(c::Conn) = !c.active && buffered(c) == 0
+"""Waiting between requests on a kept connection: a STOP may close it."""
+idle(c::Conn) = !c.fresh && !c.active && buffered(c) == 0
 
 """The worker: settings, page runtime, the (single) connection and buffers."""
 struct Worker
@@ -246,6 +251,7 @@ function on_begin!(w::Worker, c::Conn)::Int
         return keep ? act : CLOSE
     end
     c.active = true
+    c.fresh = false
     c.req_id = c.rid
     c.keep = keep
     c.params_done = false
