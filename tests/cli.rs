@@ -26,11 +26,16 @@ fn run(args: &[&str]) -> Outcome {
 fn run_valid_base(extra: &[&str]) -> Outcome {
     let julia = julia();
     let worker = worker_file();
+    // Its own runtime directory: tests run in parallel, and only one
+    // instance may use a runtime directory.
+    let runtime = tempfile::tempdir().unwrap();
     let mut args = vec![
         "-b",
         julia.to_str().unwrap(),
         "-v",
         worker.to_str().unwrap(),
+        "--runtime-dir",
+        runtime.path().to_str().unwrap(),
     ];
     args.extend(common::root_flag());
     args.extend_from_slice(extra);

@@ -152,8 +152,11 @@ fn socket_activation_with_one_and_two_named_sockets() {
 
 #[test]
 fn inconsistent_activation_variables_are_refused() {
+    let runtime = tempfile::tempdir().unwrap();
     let out = Command::new(bin())
         .args(root_flag())
+        .arg("--runtime-dir")
+        .arg(runtime.path())
         .arg("-b")
         .arg(julia())
         .arg("-v")
