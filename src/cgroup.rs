@@ -200,7 +200,7 @@ impl WorkerCgroup {
     }
 
     pub fn memory_current(&self) -> Option<u64> {
-        self.read("memory.current")?.trim().parse().ok()
+        memory_current_at(&self.path)
     }
 
     /// The configured `memory.max`, as written ("max" when unlimited).
@@ -224,18 +224,6 @@ impl WorkerCgroup {
             }
         }
         events
-    }
-
-    /// Total CPU time used, from `cpu.stat`.
-    pub fn cpu_usage(&self) -> Option<Duration> {
-        let stat = self.read("cpu.stat")?;
-        let usec = stat
-            .lines()
-            .find_map(|l| l.strip_prefix("usage_usec "))?
-            .trim()
-            .parse()
-            .ok()?;
-        Some(Duration::from_micros(usec))
     }
 
     /// Kills every process in the cgroup (the worker and anything it
@@ -262,6 +250,27 @@ impl WorkerCgroup {
         }
         tracing::warn!("cannot remove {}: processes remain", self.path.display());
     }
+}
+
+/// `memory.current` of the cgroup at `dir`, in bytes.
+pub fn memory_current_at(dir: &Path) -> Option<u64> {
+    std::fs::read_to_string(dir.join("memory.current"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Total CPU time used by the cgroup at `dir`, from `cpu.stat`.
+pub fn cpu_usage_at(dir: &Path) -> Option<Duration> {
+    let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+    let usec = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_micros(usec))
 }
 
 /// This process's cgroup directory: `/proc/self/cgroup`'s unified (`0::`)

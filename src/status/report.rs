@@ -134,17 +134,8 @@ impl Report {
         } else if let Some(workers) = &mut self.processes {
             for w in workers {
                 if let Some(dir) = &w.cgroup {
-                    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
-                    w.memory_current = read("memory.current").and_then(|s| s.trim().parse().ok());
-                    w.cpu_seconds = read("cpu.stat").and_then(|s| {
-                        let usec: f64 = s
-                            .lines()
-                            .find_map(|l| l.strip_prefix("usage_usec "))?
-                            .trim()
-                            .parse()
-                            .ok()?;
-                        Some(usec / 1e6)
-                    });
+                    w.memory_current = crate::cgroup::memory_current_at(dir);
+                    w.cpu_seconds = crate::cgroup::cpu_usage_at(dir).map(|d| d.as_secs_f64());
                 }
             }
         }
