@@ -97,6 +97,11 @@ pub struct Cli {
     #[arg(long = "log-level", value_name = "LEVEL")]
     pub log_level: Option<String>,
 
+    /// Log every request (method, URI, status, duration, worker) as one
+    /// entry [default: off, or `access_log` in the config]
+    #[arg(long = "access-log")]
+    pub access_log: bool,
+
     /// Where the master serves its status page and ping: a unix socket path
     /// or a loopback HOST:PORT [default: status.sock in the runtime directory]
     #[arg(long = "status-listen", value_name = "ADDR")]

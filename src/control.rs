@@ -16,6 +16,19 @@ pub enum FromWorker {
     },
     /// About to exit on purpose; not a crash.
     Exiting { reason: String },
+    /// A request was answered (sent only when the access log is on).
+    Access(Access),
+}
+
+/// One request, as the access log shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub method: String,
+    pub uri: String,
+    /// The HTTP status the page answered; 499 when the client went away.
+    pub status: u16,
+    pub duration_us: u64,
+    pub remote_addr: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +74,25 @@ impl FromWorker {
         let mut fields = line.trim_end_matches(['\n', '\r']).split('\t');
         match fields.next() {
             Some("READY") => Ok(FromWorker::Ready),
+            Some("ACCESS") => {
+                let mut next = |what| fields.next().ok_or_else(|| bad(what));
+                let method = unescape(next("ACCESS without method")?);
+                let uri = unescape(next("ACCESS without URI")?);
+                let status = next("ACCESS without status")?
+                    .parse()
+                    .map_err(|_| bad("ACCESS status is not a number"))?;
+                let duration_us = next("ACCESS without duration")?
+                    .parse()
+                    .map_err(|_| bad("ACCESS duration is not a number"))?;
+                let remote_addr = unescape(fields.next().unwrap_or(""));
+                Ok(FromWorker::Access(Access {
+                    method,
+                    uri,
+                    status,
+                    duration_us,
+                    remote_addr,
+                }))
+            }
             Some("EXITING") => Ok(FromWorker::Exiting {
                 reason: unescape(fields.next().unwrap_or("")),
             }),
@@ -141,6 +173,27 @@ mod tests {
                 ],
             })
         );
+    }
+
+    #[test]
+    fn parses_access_entries() {
+        assert_eq!(
+            FromWorker::parse("ACCESS\tGET\t/a b?x=\\t\t404\t1234\t127.0.0.1"),
+            Ok(FromWorker::Access(Access {
+                method: "GET".into(),
+                uri: "/a b?x=\t".into(),
+                status: 404,
+                duration_us: 1234,
+                remote_addr: "127.0.0.1".into(),
+            }))
+        );
+        // Without REMOTE_ADDR (a web server that does not pass it).
+        assert!(matches!(
+            FromWorker::parse("ACCESS\tPOST\t/x\t200\t5\t"),
+            Ok(FromWorker::Access(Access { status: 200, .. }))
+        ));
+        assert!(FromWorker::parse("ACCESS\tGET\t/x\tOK\t5\t").is_err());
+        assert!(FromWorker::parse("ACCESS\tGET\t/x\t200").is_err());
     }
 
     #[test]

@@ -26,6 +26,13 @@ pub fn init(level: Option<&str>, target: LogTarget) -> Result<(), String> {
         }
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
+    // The access log is switched by `access_log`, not by the log level: an
+    // operator who turned it on at `log_level = "warn"` still gets it.
+    let filter = filter.add_directive(
+        format!("{}=info", crate::worker::ACCESS_TARGET)
+            .parse()
+            .expect("a valid directive"),
+    );
     let journal = match target {
         LogTarget::Stderr => false,
         LogTarget::Journal => true,

@@ -425,6 +425,10 @@ fn worker_env(settings: &Settings) -> Vec<(OsString, OsString)> {
             if pages.development { "1" } else { "0" }.into(),
         ),
         (
+            "JULIA_FCGI_ACCESS_LOG".into(),
+            if pages.access_log { "1" } else { "0" }.into(),
+        ),
+        (
             "JULIA_FCGI_MAX_PARAMS".into(),
             pages.max_params_bytes.to_string().into(),
         ),

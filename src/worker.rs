@@ -21,7 +21,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use crate::cgroup::{Limits, MemoryEvents, Tree, WorkerCgroup};
-use crate::control::{FromWorker, Level, ToWorker};
+use crate::control::{Access, FromWorker, Level, ToWorker};
 
 /// The longest line forwarded as one log entry; longer output is split, not
 /// cut, so nothing a worker prints is lost.
@@ -312,6 +312,7 @@ impl Actor {
                 message,
                 fields,
             }) => log_from_worker(slot, pid, level, &message, &fields),
+            Ok(FromWorker::Access(access)) => log_access(slot, pid, &access),
             Err(e) => tracing::warn!(worker = slot, worker_pid = pid, "{e}"),
         }
     }
@@ -369,6 +370,34 @@ fn log_from_worker(slot: u32, pid: u32, level: Level, message: &str, fields: &[(
         Level::Info => emit!(info),
         Level::Debug => emit!(debug),
     }
+}
+
+/// The target of access log entries: the journal's `TARGET` field, so
+/// `journalctl -u julia-fcgi TARGET=julia_fcgi::access` shows only them.
+pub const ACCESS_TARGET: &str = "julia_fcgi::access";
+
+/// One access log entry: the message reads like a web server's log line,
+/// the fields make it searchable (`HTTP_STATUS=500`, `WORKER=2`).
+fn log_access(slot: u32, pid: u32, access: &Access) {
+    let remote = match access.remote_addr.as_str() {
+        "" => "-",
+        addr => addr,
+    };
+    tracing::info!(
+        target: ACCESS_TARGET,
+        worker = slot,
+        worker_pid = pid,
+        request_method = access.method.as_str(),
+        request_uri = access.uri.as_str(),
+        http_status = access.status,
+        duration_us = access.duration_us,
+        remote_addr = remote,
+        "{remote} \"{} {}\" {} {:.3} ms",
+        access.method,
+        access.uri,
+        access.status,
+        access.duration_us as f64 / 1000.0
+    );
 }
 
 /// Reads lines of at most [`MAX_LINE`] bytes (a longer one comes out in

@@ -24,6 +24,7 @@ struct Settings
     max_params::Int               # bytes of FastCGI params per request
     max_body::Int                 # bytes of request body (more → 413)
     read_timeout_ms::Int          # silence allowed while reading a request
+    access_log::Bool              # one ACCESS line per request to the master
 end
 
 const DEFAULT_MAX_PARAMS = 1_048_576
@@ -91,6 +92,7 @@ function load(env=ENV)::Settings
         int_setting(env, "JULIA_FCGI_MAX_PARAMS", DEFAULT_MAX_PARAMS; min=1),
         int_setting(env, "JULIA_FCGI_MAX_BODY", DEFAULT_MAX_BODY),
         1000 * int_setting(env, "JULIA_FCGI_READ_TIMEOUT", DEFAULT_READ_TIMEOUT; min=1),
+        strip(get(env, "JULIA_FCGI_ACCESS_LOG", "0")) == "1",
     )
 end
 

@@ -196,6 +196,39 @@ function normalize_headers!(hdr::ByteBuf, buf::Vector{UInt8}, hdr_end::Int)
     return hdr
 end
 
+"""
+    status_code(io) -> Int
+
+The HTTP status of the response whose header block went out (for the access
+log): the page's `Status:` header, else 302 with a `Location:` header (what
+nginx answers to a CGI redirect), else 200.
+"""
+function status_code(io::ResponseIO)::Int
+    hdr = io.hdr
+    buf, len = hdr.data, hdr.len
+    redirect = false
+    i = 1
+    while i <= len
+        nl = something(findnext(isequal(UInt8('\n')), buf, i), len + 1)
+        colon = findnext(isequal(UInt8(':')), buf, i)
+        (colon === nothing || colon > nl) && break          # the blank line
+        if name_is(buf, i, colon - 1, "status")
+            code, k = 0, colon + 1
+            while k < nl && buf[k] == UInt8(' ')
+                k += 1
+            end
+            for j in k:min(k + 2, nl - 1)
+                UInt8('0') <= buf[j] <= UInt8('9') || return 200
+                code = 10code + (buf[j] - UInt8('0'))
+            end
+            return 100 <= code <= 999 ? code : 200
+        end
+        redirect |= name_is(buf, i, colon - 1, "location")
+        i = nl + 1
+    end
+    return redirect ? 302 : 200
+end
+
 # ------------------------------------------------------------- records out
 
 """

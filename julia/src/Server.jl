@@ -64,11 +64,12 @@ mutable struct Conn
     env::Dict{String,String}
     fresh::Bool            # accepted, no request begun yet: the client's first
                            # request is on its way, so a STOP must not drop it
+    started::UInt64        # time_ns() when the params were complete
 end
 
 Conn() = Conn(Cint(-1), Vector{UInt8}(undef, READ_BUF), 1, 0, 0x00, 0, 0, 0, 0,
               false, false, 0, false, false, ByteBuf(8192), UInt8[], Dict{String,String}(),
-              true)
+              true, UInt64(0))
 
 function reset!(c::Conn, fd::Cint)
     c.fd = fd
@@ -103,6 +104,24 @@ function mark_busy!(w::Worker, c::Conn)
     w.scoreboard || return nothing
     c.busy = true
     Scoreboard.busy!(get(c.env, "REQUEST_METHOD", ""), get(c.env, "REQUEST_URI", ""))
+    return nothing
+end
+
+"""
+    log_access(w, c, status)
+
+The access log entry of the request just finished (when the master asked for
+an access log): sent after the response, so the client never waits for it.
+`status` is the HTTP status the page answered, or 499 (nginx's "client closed
+request") when the client went away first.
+"""
+function log_access(w::Worker, c::Conn, status::Int)
+    w.settings.access_log || return nothing
+    env = c.env
+    uri = get(env, "REQUEST_URI", "")
+    isempty(uri) && (uri = get(env, "SCRIPT_NAME", ""))
+    Control.access(get(env, "REQUEST_METHOD", ""), uri, status,
+                   (time_ns() - c.started) ÷ 1000, get(env, "REMOTE_ADDR", ""))
     return nothing
 end
 
@@ -265,6 +284,7 @@ function on_abort!(w::Worker, c::Conn)::Int
     c.active = false               # the page has not run: nothing to undo
     mark_done!(w, c, true)
     act = reply_end!(w, c, c.rid, FastCGI.REQUEST_COMPLETE)
+    c.params_done && log_access(w, c, 499)
     return c.keep ? act : CLOSE
 end
 
@@ -284,6 +304,7 @@ function on_params!(w::Worker, c::Conn)::Int
     FastCGI.parse_pairs!(env, c.params.data, 1, c.params.len) ||
         return bad_stream(c, "malformed name-value pair in PARAMS")
     c.env = env
+    c.started = time_ns()
     mark_busy!(w, c)
     FastCGI.shrink!(FastCGI.reset!(c.params), 64 * 1024)
     declared = tryparse(Int, get(env, "CONTENT_LENGTH", ""))
@@ -309,9 +330,10 @@ function too_large!(w::Worker, c::Conn)::Int
     Output.error_response!(resp, "413 Payload Too Large", "413 Payload Too Large\n",
         "request body exceeds JULIA_FCGI_MAX_BODY ($(w.settings.max_body) bytes)")
     mark_done!(w, c, true)
-    Output.finish!(resp, 0)
+    sent = Output.finish!(resp, 0)
     Log.info("request body too large, answered 413",
              "REQUEST_URI" => get(c.env, "REQUEST_URI", ""))
+    log_access(w, c, sent ? 413 : 499)
     c.active = false
     return CLOSE
 end
@@ -324,6 +346,7 @@ function respond!(w::Worker, c::Conn)::Int
     # and looks at the scoreboard next must not see this worker still busy.
     mark_done!(w, c, true)
     sent = Output.finish!(resp, status)
+    log_access(w, c, sent ? Output.status_code(resp) : 499)
     c.active = false
     length(c.body) > 1024 * 1024 ? (c.body = UInt8[]) : empty!(c.body)
     (!sent || w.rt.exit_code >= 0 || Control.stopping() || !c.keep) && return CLOSE

@@ -21,6 +21,8 @@ using ..FastCGI
 using ..FastCGI: ByteBuf
 using ..Config: Settings
 using ..Server
+using ..Output
+using ..Control
 
 const CGI_PAGE = """
 const GREETING = "warm"
@@ -97,16 +99,22 @@ and never stop the worker from starting: warm-up only saves time.
 function run!(settings::Settings)
     dir = mktempdir()
     try
-        # Same code paths, but pages from the temp dir must be servable.
+        # Same code paths, but pages from the temp dir must be servable, and
+        # synthetic requests are no one's access log (the entry's formatting
+        # is compiled below instead).
         s = Settings(settings.worker, settings.control_fd, settings.extensions, String[],
                      settings.dev, settings.max_params, settings.max_body,
-                     settings.read_timeout_ms)
+                     settings.read_timeout_ms, false)
         pages, path, reqs = script(realpath(dir), first(settings.extensions))
         for (name, text) in pages
             write(path(name), text)
         end
         w = Server.Worker(s, -1; scoreboard=false)     # never accepts
         n = Log.quietly(() -> exchange(w, reqs))
+        if settings.access_log        # compile the entry's path, send nothing
+            Output.status_code(w.resp)
+            Control.access_line("GET", "/", 200, 0, "127.0.0.1")
+        end
         Server.Pages.idle!(w.rt)
         n == length(reqs) || Log.warn("warm-up: $n of $(length(reqs)) requests answered")
     catch e

@@ -72,7 +72,7 @@ function serve(rt, path; query="", body="", method="GET", extra=Dict{String,Stri
 end
 
 settings(; roots=String[], dev=false) =
-    Config.Settings(0, -1, [".jl"], roots, dev, 1 << 20, 1 << 26, 60_000)
+    Config.Settings(0, -1, [".jl"], roots, dev, 1 << 20, 1 << 26, 60_000, false)
 
 const HDR = "Content-Type: text/plain\n\n"
 

@@ -1,5 +1,5 @@
 # Unit tests: wire format, headers, log escaping, environment switching.
-using .JuliaFCGI: FastCGI, Output, Log, Env, Posix
+using .JuliaFCGI: FastCGI, Output, Log, Env, Posix, Control
 using .JuliaFCGI.FastCGI: ByteBuf
 
 bytes_of(b::ByteBuf) = b.data[1:b.len]
@@ -97,6 +97,21 @@ end
     @test h == "Content-Type: text/html; charset=utf-8\r\n\r\n" && body == "just text, no headers\n"
 end
 
+status_of(text) = (io = Output.ResponseIO(); print(io, text); Output.put_pending!(io);
+                   Output.status_code(io))
+
+@testset "HTTP status for the access log" begin
+    @test status_of("Content-Type: text/plain\n\nHello") == 200
+    @test status_of("Status: 404 Not Found\r\nX-A: b\r\n\r\nmissing") == 404
+    @test status_of("x-a: 1\nstatus:503\n\n") == 503
+    @test status_of("Location: /elsewhere\n\n") == 302
+    @test status_of("Location: /x\nStatus: 301 Moved Permanently\n\n") == 301
+    @test status_of("Status: 20 short\n\n") == 200          # not a status: nginx's default
+    @test status_of("Status: abc\n\n") == 200
+    @test status_of("<html>no headers, X-Status: 500\n") == 200
+    @test status_of("X-Status: 500\nContent-Type: text/plain\n\n") == 200
+end
+
 @testset "response records" begin
     a, b = Posix.socketpair()
     try
@@ -146,6 +161,8 @@ end
     line = Log.format_entry("warn", "two\nlines", ("REQUEST_URI" => "/x\ty",); control=true)
     @test line == "LOG\twarn\ttwo\\nlines\tREQUEST_URI=/x\\ty"
     @test !occursin('\n', Log.format_entry("error", "a\nb", (); control=false))
+    @test Control.access_line("GET", "/a\tb?c", 404, 1234, "::1") ==
+          "ACCESS\tGET\t/a\\tb?c\t404\t1234\t::1"
 end
 
 @testset "environment switching" begin

@@ -90,6 +90,8 @@ pub struct FileConfig {
     pub document_roots: Option<Vec<PathBuf>>,
     /// Show exceptions and backtraces in 500 responses (never in production).
     pub development: Option<bool>,
+    /// One log entry per request: method, URI, status, duration, worker.
+    pub access_log: Option<bool>,
     pub max_params_bytes: Option<u64>,
     pub max_body_bytes: Option<u64>,
     /// How long a connection may stay silent while a request is read.
@@ -164,6 +166,8 @@ pub struct PageSettings {
     pub max_params_bytes: u64,
     pub max_body_bytes: u64,
     pub read_timeout: Duration,
+    /// Workers report each request for the access log.
+    pub access_log: bool,
 }
 
 /// Validated settings: every value typed and checked.
@@ -267,6 +271,7 @@ impl Settings {
             max_params_bytes: file.max_params_bytes.unwrap_or(1 << 20),
             max_body_bytes: file.max_body_bytes.unwrap_or(64 << 20),
             read_timeout: duration("read_timeout", file.read_timeout.as_deref(), 60)?,
+            access_log: cli.access_log || file.access_log.unwrap_or(false),
         };
         Ok(Settings {
             listen,
