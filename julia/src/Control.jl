@@ -54,27 +54,6 @@ end
 """Tell the master the worker is warm and accepting."""
 ready() = active() ? send("READY") : Log.info("worker ready (pid $(getpid()))")
 
-"""
-    access_line(method, uri, status, duration_us, remote_addr) -> String
-
-One access log entry as the `ACCESS` message (INTERFACE.md), without the
-newline.
-"""
-function access_line(method::AbstractString, uri::AbstractString, status::Integer,
-                     duration_us::Integer, remote_addr::AbstractString)::String
-    return string("ACCESS\t", Log.escape_field(method), '\t', Log.escape_field(uri), '\t',
-                  status, '\t', duration_us, '\t', Log.escape_field(remote_addr))
-end
-
-"""Send one access log entry (only with a master: a standalone worker has
-nobody to keep it; see `Server` for when it is called)."""
-function access(method::AbstractString, uri::AbstractString, status::Integer,
-                duration_us::Integer, remote_addr::AbstractString)
-    active() || return nothing
-    Log.send_line(access_line(method, uri, status, duration_us, remote_addr))
-    return nothing
-end
-
 """Tell the master we exit on purpose (so it does not count a crash)."""
 exiting(reason::AbstractString) =
     active() ? send("EXITING", reason) : Log.info("worker exiting: $reason")

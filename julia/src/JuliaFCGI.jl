@@ -10,7 +10,8 @@ Modules, bottom-up:
 |-------------|-----|
 | `Posix`     | `ccall` wrappers: accept4, poll, read, send, fcntl, socketpair |
 | `Log`       | the worker's log entries, raw `write(2)`, escaped one-liners |
-| `Control`   | control channel: READY / EXITING out, STOP in |
+| `Control`   | control channel: READY / EXITING out, STOP / ABORT in |
+| `Access`    | access log entries, batched onto the control channel |
 | `Config`    | settings from the environment |
 | `FastCGI`   | wire format: record constants, headers, name-value pairs, builders |
 | `Output`    | `ResponseIO` (the page's stdout), CGI headers → STDOUT records |
@@ -49,6 +50,7 @@ end)
 include("Posix.jl")
 include("Log.jl")
 include("Control.jl")
+include("Access.jl")
 include("Config.jl")
 include("FastCGI.jl")
 include("Output.jl")
@@ -68,6 +70,7 @@ own `exit` is shadowed and never gets here), finish the response in flight
 and tell the master before the process goes.
 """
 function exit_hook(w::Server.Worker)
+    Access.flush!()
     rt = w.rt
     rt.inflight || return nothing
     if Control.abort_pending!()
@@ -125,6 +128,7 @@ function main()
     Control.ready()
     reason = Server.accept_loop!(w)
     Scoreboard.write_state!(Scoreboard.STOPPING)
+    Access.flush!()
     reason === nothing && exit(1)
     Control.exiting(reason)
     exit(0)

@@ -17,6 +17,7 @@ module Server
 using ..Posix
 using ..Log
 using ..Control
+using ..Access
 using ..FastCGI
 using ..FastCGI: ByteBuf
 using ..Config: Settings
@@ -120,8 +121,9 @@ function log_access(w::Worker, c::Conn, status::Int)
     env = c.env
     uri = get(env, "REQUEST_URI", "")
     isempty(uri) && (uri = get(env, "SCRIPT_NAME", ""))
-    Control.access(get(env, "REQUEST_METHOD", ""), uri, status,
-                   (time_ns() - c.started) ÷ 1000, get(env, "REMOTE_ADDR", ""))
+    now = time_ns()
+    Access.record(get(env, "REQUEST_METHOD", ""), uri, status, (now - c.started) ÷ 1000,
+                  get(env, "REMOTE_ADDR", ""), now)
     return nothing
 end
 
@@ -139,16 +141,18 @@ end
     idle_poll(w, fd, timeout_ms) -> (rc, revents_fd, revents_control)
 
 Poll `fd` together with the control channel. A worker with nothing to do
-gets its own environment back (see `Env`), but only after IDLE_RESTORE_MS of
-silence: a client sending requests back to back would otherwise pay for a
-full environment swap twice per request.
+gets its own environment back (see `Env`) and sends the access log entries
+it holds (see `Access`), but only after IDLE_RESTORE_MS of silence: a client
+sending requests back to back would otherwise pay for a full environment
+swap twice per request, and for a `send(2)` per entry.
 """
 function idle_poll(w::Worker, fd::Cint, timeout_ms::Int)
-    if !Pages.isidle(w.rt)
+    if !Pages.isidle(w.rt) || Access.pending()
         r = Posix.poll2(fd, Posix.POLLIN, Control.pollfd(), Posix.POLLIN,
                         min(IDLE_RESTORE_MS, timeout_ms))
         (r[1] != 0 || timeout_ms <= IDLE_RESTORE_MS) && return r
         Pages.idle!(w.rt)
+        Access.flush!()
         timeout_ms -= IDLE_RESTORE_MS
     end
     return Posix.poll2(fd, Posix.POLLIN, Control.pollfd(), Posix.POLLIN, timeout_ms)

@@ -22,7 +22,7 @@ using ..FastCGI: ByteBuf
 using ..Config: Settings
 using ..Server
 using ..Output
-using ..Control
+using ..Access
 
 const CGI_PAGE = """
 const GREETING = "warm"
@@ -113,7 +113,7 @@ function run!(settings::Settings)
         n = Log.quietly(() -> exchange(w, reqs))
         if settings.access_log        # compile the entry's path, send nothing
             Output.status_code(w.resp)
-            Control.access_line("GET", "/", 200, 0, "127.0.0.1")
+            Access.line("GET", "/", 200, 0, "127.0.0.1")
         end
         Server.Pages.idle!(w.rt)
         n == length(reqs) || Log.warn("warm-up: $n of $(length(reqs)) requests answered")

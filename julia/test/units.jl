@@ -1,5 +1,6 @@
 # Unit tests: wire format, headers, log escaping, environment switching.
-using .JuliaFCGI: FastCGI, Output, Log, Env, Posix, Control
+using .JuliaFCGI
+using .JuliaFCGI: FastCGI, Output, Log, Env, Posix, Access
 using .JuliaFCGI.FastCGI: ByteBuf
 
 bytes_of(b::ByteBuf) = b.data[1:b.len]
@@ -161,8 +162,45 @@ end
     line = Log.format_entry("warn", "two\nlines", ("REQUEST_URI" => "/x\ty",); control=true)
     @test line == "LOG\twarn\ttwo\\nlines\tREQUEST_URI=/x\\ty"
     @test !occursin('\n', Log.format_entry("error", "a\nb", (); control=false))
-    @test Control.access_line("GET", "/a\tb?c", 404, 1234, "::1") ==
+    @test Access.line("GET", "/a\tb?c", 404, 1234, "::1") ==
           "ACCESS\tGET\t/a\\tb?c\t404\t1234\t::1"
+    @test Access.line("PÖST", "/ü\\\n\r", 0, 18446744073709551615, "") ==
+          "ACCESS\tPÖST\t/ü\\\\\\n\\r\t0\t18446744073709551615\t"
+    @test Access.line("GET", "/", 200, 7, "10.0.0.1") == "ACCESS\tGET\t/\t200\t7\t10.0.0.1"
+end
+
+@testset "access log batches" begin
+    a, b = Posix.socketpair()
+    JuliaFCGI.Control.CHAN.fd = b          # as if a master were there
+    readable() = Posix.poll2(a, Posix.POLLIN, Cint(-1), Cshort(0), 0)[1] > 0
+    buf = Vector{UInt8}(undef, 1 << 16)
+    received() = String(buf[1:Posix.read_some(a, buf, 0, length(buf))])
+    try
+        t = UInt64(1_000_000_000)
+        for i in 1:Access.BATCH-1
+            Access.record("GET", "/$i", 200, i, "", t)
+        end
+        @test Access.pending() && !readable()
+        Access.record("GET", "/last", 200, 1, "", t)       # the batch is full: sent
+        @test !Access.pending() && readable()
+        lines = split(received(), '\n'; keepempty=false)
+        @test length(lines) == Access.BATCH
+        @test lines[1] == "ACCESS\tGET\t/1\t200\t1\t" && lines[end] == "ACCESS\tGET\t/last\t200\t1\t"
+        # A busy worker sends an entry once it is MAX_DELAY_NS old.
+        Access.record("GET", "/a", 200, 1, "", t)
+        @test Access.pending() && !readable()
+        Access.record("GET", "/b", 200, 1, "", t + Access.MAX_DELAY_NS)
+        @test !Access.pending() && count(==('\n'), received()) == 2
+        # An idle (or leaving) worker sends what it has.
+        Access.record("GET", "/c", 200, 1, "", t)
+        Access.flush!()
+        @test received() == "ACCESS\tGET\t/c\t200\t1\t\n"
+        Access.flush!()
+        @test !readable()
+    finally
+        JuliaFCGI.Control.CHAN.fd = Cint(-1)
+        Posix.closefd(a); Posix.closefd(b)
+    end
 end
 
 @testset "environment switching" begin
