@@ -446,5 +446,12 @@ fn worker_env(settings: &Settings) -> Vec<(OsString, OsString)> {
             env.push((name.into(), value));
         }
     }
+    // One thread unless the operator asks for more: since Julia 1.12 the
+    // default is a second, interactive thread, which a worker serving one
+    // request at a time from blocking system calls has no use for.
+    env.push((
+        "JULIA_NUM_THREADS".into(),
+        std::env::var_os("JULIA_NUM_THREADS").unwrap_or_else(|| "1".into()),
+    ));
     env
 }

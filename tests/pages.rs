@@ -45,6 +45,31 @@ fn cgi_environment_is_exactly_the_request() {
 }
 
 #[test]
+fn workers_get_one_thread_unless_the_operator_asks_for_more() {
+    let one = Daemon::start(Options::default());
+    let two = Daemon::start(Options {
+        env: vec![("JULIA_NUM_THREADS".into(), "2".into())],
+        ..Options::default()
+    });
+    for (d, n) in [(&one, "1"), (&two, "2")] {
+        let threads = page(
+            d.dir.path(),
+            "threads.jl",
+            r#"print("Content-Type: text/plain\r\n\r\n", Threads.nthreads())"#,
+        );
+        assert_eq!(fcgi::get(&d.addr, &threads, "").body_text(), n);
+    }
+    for pid in one.worker_pids() {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let env = String::from_utf8_lossy(&env);
+        assert!(
+            env.split('\0').any(|kv| kv == "JULIA_NUM_THREADS=1"),
+            "worker {pid} environment: {env}"
+        );
+    }
+}
+
+#[test]
 fn headers_status_and_default_content_type() {
     let d = Daemon::start(Options::default());
     let missing = page(

@@ -69,8 +69,8 @@ end
 
 # Names and values that cannot be environment variables (empty name, `=` in
 # a name, NUL anywhere) are skipped: setenv would reject them.
-valid_name(k::String) = !isempty(k) && !occursin('=', k) && !Base.containsnul(k)
-valid_value(v::String) = !Base.containsnul(v)
+valid_name(k::String) = !isempty(k) && !occursin('=', k) && !occursin('\0', k)
+valid_value(v::String) = !occursin('\0', v)
 
 function unset!(k::String)
     valid_name(k) && ccall(:unsetenv, Cint, (Ptr{UInt8},), k)

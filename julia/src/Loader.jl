@@ -134,10 +134,30 @@ end
 function syntax_message(err::Expr, text::String, path::String)::String
     msg = isempty(err.args) ? "invalid syntax" :
           err.args[1] isa String ? err.args[1] : sprint(showerror, err.args[1])
+    # JuliaSyntax (Julia 1.10+) gives a multi-line diagnostic with the place;
     # Julia 1.5's messages carry no line: find the statement that fails.
-    occursin(path, msg) && return msg
+    if occursin(path, msg)
+        short = diagnostic_message(msg, path)
+        return short === nothing ? msg : short
+    end
     line = error_line(text)
     return line > 0 ? "$path:$line: $msg" : "$path: $msg"
+end
+
+"""
+    diagnostic_message(msg, path) -> Union{String,Nothing}
+
+One line `path:LINE: what` from a JuliaSyntax `ParseError` message
+(`# Error @ path:LINE:COL`, the source line, `└── what`), or `nothing` when
+`msg` is not one.
+"""
+function diagnostic_message(msg::AbstractString, path::String)::Union{String,Nothing}
+    m = match(r"# Error @ .*?:(\d+):\d+", msg)
+    m === nothing && return nothing
+    lines = split(msg, '\n')
+    i = findlast(l -> occursin("──", l), lines)
+    what = i === nothing ? "" : strip(last(split(lines[i], "──")))
+    return "$path:$(m[1]): " * (isempty(what) ? "invalid syntax" : what)
 end
 
 function error_line(text::String)::Int
@@ -163,10 +183,11 @@ end
 
 # ------------------------------------------------------------------ module
 
-# Module(name, std_imports, default_names) on newer Julia would define its own
-# eval/include; we define ours, relative to the page.
-new_module() = applicable(Module, :Page, true, false) ? Module(:Page, true, false) :
-                                                      Module(:Page, true)
+# `using Base` and `using Core` (which `Module(:Page, true, false)` would leave
+# out on Julia 1.10+, and then `Integer`, `nothing` or `throw` are undefined
+# in the page). The constructor defines no `eval`/`include` on any version:
+# `page_module` adds ours, relative to the page.
+new_module() = Module(:Page, true)
 
 """Resolve an `include` path like `julia` does: relative to the file doing
 the including (the page itself — `Pages` makes it the source path during a
@@ -240,7 +261,7 @@ end
 # like inside a function (`x = 0; for i in 1:3; x += i; end` works).
 function softscope(ex)
     ex isa Expr || return ex
-    ex.head in (:meta, :import, :using, :export, :module, :error, :incomplete,
+    ex.head in (:meta, :import, :using, :export, :public, :module, :error, :incomplete,
                 :thunk, :global, :toplevel, :struct, :abstract, :primitive) && return ex
     return Expr(:block, Expr(:softscope, true), ex)
 end
@@ -309,7 +330,10 @@ function load_handler!(page::Page)
     _, out = capture(() -> foreach(s -> eval_stmt(m, s), page.stmts))
     isempty(out) || Log.info("output of handler page top level: " * out,
                              "SCRIPT_FILENAME" => page.path)
-    h = isdefined(m, :handle) ? Core.eval(m, :handle) : nothing
+    # In the latest world: on Julia 1.12+ the bindings the page just made are
+    # invisible to this task's older world (a `handle = …` global would be).
+    h = Base.invokelatest(isdefined, m, :handle) ? Base.invokelatest(getfield, m, :handle) :
+        nothing
     (h isa Function || h isa Type) || throw(NoHandler(page.path))
     page.fn = h
     return page
@@ -327,7 +351,10 @@ function compile!(page::Page, plan::Plan)
     m = page_module(page.path)
     reason, main = try
         _, out = capture(() -> foreach(s -> eval_stmt(m, s), plan.hoisted))
-        isempty(out) ? compile_check(m, plan) : ("its hoisted part prints output", Stmt[])
+        # In the latest world, so that `names`, `isconst` and macros see what
+        # the hoisted part defined (Julia 1.12+ hides it from older worlds).
+        isempty(out) ? Base.invokelatest(compile_check, m, plan) :
+                       ("its hoisted part prints output", Stmt[])
     catch e
         e isa PageExit && rethrow()
         ("its hoisted part raised " * sprint(showerror, e), Stmt[])
@@ -379,7 +406,7 @@ end
 function conflict(m::Module, plan::Plan, assigned::Set{Symbol})::String
     for h in plan.hoisted
         ex = h.ex
-        ex isa Expr && ex.head in (:using, :import, :export, :module) && continue
+        ex isa Expr && ex.head in (:using, :import, :export, :public, :module) && continue
         refs = Transform.free_symbols(Transform.is_include_stmt(ex) ?
                                       Expr(:tuple, ex.args[2:end]...) : macroexpand(m, ex))
         for x in refs

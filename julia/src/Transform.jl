@@ -151,7 +151,7 @@ end
 
 is_include_stmt(ex) = ex isa Expr && ex.head === :call && ex.args[1] === :include
 
-const HOISTED_HEADS = (:using, :import, :export, :struct, :abstract, :primitive,
+const HOISTED_HEADS = (:using, :import, :export, :public, :struct, :abstract, :primitive,
                        :macro, :module)
 const UNSAFE_SYMBOLS = (:eval, :include_string, :evalfile, Symbol("@eval"),
                         Symbol("@everywhere"))

@@ -71,6 +71,8 @@ pub struct Options {
     pub tcp: bool,
     /// Listen on this unix socket path instead of one in the temp dir.
     pub unix_path: Option<PathBuf>,
+    /// Extra environment variables of the daemon.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -81,6 +83,7 @@ impl Default for Options {
             extra_args: Vec::new(),
             tcp: false,
             unix_path: None,
+            env: Vec::new(),
         }
     }
 }
@@ -123,7 +126,8 @@ impl Daemon {
             .arg("--runtime-dir")
             .arg(dir.path())
             .args(root_flag())
-            .args(&options.extra_args);
+            .args(&options.extra_args)
+            .envs(options.env.iter().map(|(k, v)| (k, v)));
         if let Some(config) = &options.config {
             let path = dir.path().join("julia-fcgi.toml");
             std::fs::write(&path, config).unwrap();
