@@ -55,10 +55,12 @@ impl Pool {
             let Some(snapshot) = handle.board_slot.and_then(|i| board.read(i)) else {
                 continue;
             };
-            let finished_one = slot
-                .last
-                .as_ref()
-                .is_some_and(|last| snapshot.requests > last.requests);
+            // A request finished since the last scan; on the first scan of a
+            // worker, any request it has served counts (a short one can come
+            // and go in the 100 ms before that scan).
+            let finished_one = slot.last.as_ref().map_or(snapshot.requests > 0, |last| {
+                snapshot.requests > last.requests
+            });
             if let Some(busy_for) = snapshot.busy_for(now_ns) {
                 if let Some(limit) = supervision.request_slowlog_timeout {
                     if busy_for > limit && slot.slow_logged != Some(snapshot.started_ns) {
@@ -115,7 +117,7 @@ impl Pool {
                             index,
                             format!(
                                 "recycle_memory: {} in use after a request, limit {}",
-                                crate::cgroup::format_size(current),
+                                approx_size(current),
                                 crate::cgroup::format_size(limit)
                             ),
                         ));
@@ -310,5 +312,26 @@ impl Pool {
             }
         }
         Some(format!("{idle} idle, {busy} busy; {requests} requests"))
+    }
+}
+
+/// "606.7M" for a measured byte count (exact units like "512M" as written).
+fn approx_size(bytes: u64) -> String {
+    if bytes % (1 << 20) == 0 || bytes < (1 << 20) {
+        crate::cgroup::format_size(bytes)
+    } else {
+        format!("{:.1}M", bytes as f64 / f64::from(1 << 20))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::approx_size;
+
+    #[test]
+    fn measured_sizes_read_in_mebibytes() {
+        assert_eq!(approx_size(621_236 << 10), "606.7M");
+        assert_eq!(approx_size(512 << 20), "512M");
+        assert_eq!(approx_size(1000), "1000");
     }
 }

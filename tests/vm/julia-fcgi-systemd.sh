@@ -23,12 +23,18 @@ mkdir -p /usr/share/julia-fcgi && cp -r "$F/julia/." /usr/share/julia-fcgi/
 install -D -m 0644 "$F/systemd/julia-fcgi.socket" /etc/systemd/system/julia-fcgi.socket
 install -D -m 0644 "$F/systemd/julia-fcgi.service" /etc/systemd/system/julia-fcgi.service
 install -D -m 0644 "$F/julia-fcgi.toml" /etc/julia-fcgi/julia-fcgi.toml
+# One worker (each warm-up costs minutes here) until the recycle_memory and
+# OOM steps, which reload to two. recycle_memory lies between what a warm worker uses here
+# (measured: ~310M for the first workers, whose cgroups are charged with
+# Julia's sysimage pages; 180-220M for later ones, which find those pages
+# cached) and that plus the 350 MiB hog.jl keeps.
 cat >> /etc/julia-fcgi/julia-fcgi.toml <<'TOML'
 workers = 1
 worker_start_timeout = "600s"
 shutdown_grace = "20s"
 memory_max = "800M"
 pids_max = "64"
+recycle_memory = "450M"
 TOML
 # Faster watchdog and stop for the test; everything else as shipped.
 mkdir -p /etc/systemd/system/julia-fcgi.service.d
@@ -52,6 +58,19 @@ for i in 1:100
 end
 foreach(kill, procs)
 print("Content-Type: text/plain\r\n\r\nforks ok=$ok failed=$failed")
+JL
+# A handler page that keeps 350 MiB alive in its worker.
+cat > /var/www/jl/hog.jl <<'JL'
+const HOG = Ref{Vector{UInt8}}()
+function handle()
+    HOG[] = fill(UInt8(1), 350 * 1024^2)
+    print("Content-Type: text/plain\r\n\r\nholding $(length(HOG[]) >> 20) MiB")
+end
+JL
+# 2.5 GiB, far past memory_max.
+cat > /var/www/jl/oom.jl <<'JL'
+x = [fill(UInt8(1), 64 * 1024^2) for _ in 1:40]
+print("Content-Type: text/plain\r\n\r\nsurvived $(length(x))")
 JL
 chmod -R a+rX /var/www/jl
 install -D -m 0644 "$F/julia-fcgi.conf" /etc/nginx/snippets/julia-fcgi.conf
@@ -197,6 +216,85 @@ echo "== pids_max contains a fork bomb"
 R=$(curl -sS -m 600 $URL/forkbomb.jl); echo "$R"
 check "forks beyond pids.max fail inside the page" grep -q "failed=[1-9]" <<<"$R"
 check "the next request is served" test "$(curl -s -m 600 -o /dev/null -w '%{http_code}' $URL/hello.jl)" = 200
+
+status_json() { curl -s -m 60 --unix-socket /run/julia-fcgi/status.sock 'http://x/status?json'; }
+# Journal lines of the service since $since.
+journal_since() { journalctl -u julia-fcgi.service --since "$since" --no-pager -q; }
+# Whether the journal since $since has a line matching $1 (and, after it, one
+# matching $2).
+logged() { journal_since | grep -q "$1"; }
+logged_then() { journal_since | sed -n "/$1/,\$p" | grep -q "$2"; }
+show_memory() {
+    for w in "$CG"/worker-*; do echo "$(basename "$w"): memory.current=$(( $(cat "$w/memory.current") >> 20 ))M"; done
+}
+both_idle() {
+    for _ in $(seq 1 600); do
+        status_json | grep -q '"idle processes":2,"active processes":0,"total processes":2' && return 0
+        sleep 1
+    done
+    return 1
+}
+
+all_below_recycle_memory() { # the bloated worker's cgroup is gone soon after it left
+    local w over
+    for _ in $(seq 1 60); do
+        over=0
+        for w in "$CG"/worker-*; do [ "$(cat "$w/memory.current")" -lt $((450 << 20)) ] || over=1; done
+        [ $over = 0 ] && return 0
+        sleep 1
+    done
+    return 1
+}
+
+echo "== reload to two workers (one dies while the other serves, below)"
+sed -i 's/^workers = 1$/workers = 2/' /etc/julia-fcgi/julia-fcgi.toml
+since=$(date '+%Y-%m-%d %H:%M:%S')
+systemctl reload julia-fcgi.service
+for _ in $(seq 1 600); do logged "reload complete" && break; sleep 1; done
+check "journal: reload complete" logged "reload complete"
+check "StatusText says 2/2 workers ready" grep -q "2/2 workers ready" <<<"$(systemctl show -p StatusText --value julia-fcgi.service)"
+check "both workers idle" both_idle
+
+echo "== recycle_memory replaces a bloated worker"
+show_memory
+since=$(date '+%Y-%m-%d %H:%M:%S')
+hog_then_replaced() {
+    curl -sS -m 600 -o /tmp/hog $URL/hog.jl; cat /tmp/hog; echo
+    show_memory
+    for _ in $(seq 1 600); do
+        logged_then 'recycling worker (recycle_memory' 'new worker ready' && break
+        sleep 1
+    done
+}
+under_load "recycle_memory replacement" hog_then_replaced
+check "hog.jl holds 350 MiB" grep -q "holding 350 MiB" /tmp/hog
+journal_since
+check "journal: recycling worker (recycle_memory: ... in use after a request, limit 450M)" \
+    logged 'recycling worker (recycle_memory: .* in use after a request, limit 450M)'
+check "journal: its replacement came up" logged_then 'recycling worker (recycle_memory' 'new worker ready'
+check "status counts one recycle" grep -q '"recycle":1' <<<"$(status_json)"
+check "both workers idle after the recycle" both_idle
+check "no worker uses more than recycle_memory any more" all_below_recycle_memory
+show_memory
+
+echo "== OOM kill explained; the other worker serves on"
+since=$(date '+%Y-%m-%d %H:%M:%S')
+oom_request() {
+    OOM_CODE=$(curl -s -m 600 -o /dev/null -w '%{http_code}' $URL/oom.jl)
+    echo "oom.jl: HTTP $OOM_CODE"
+}
+under_load "the other worker during the OOM kill" oom_request
+check "the request that blew memory_max gets 502" test "$OOM_CODE" = 502
+journal_since
+check "journal: killed by the OOM killer at memory.max=800M while serving GET /oom.jl" \
+    logged 'killed by the OOM killer at memory.max=800M while serving GET /oom.jl'
+for _ in $(seq 1 600); do logged_then 'killed by the OOM killer' 'worker ready' && break; sleep 1; done
+check "journal: the killed worker was replaced" logged_then 'killed by the OOM killer' 'worker ready'
+check "both workers idle after the OOM" both_idle
+check "served after the OOM" test "$(curl -s -m 600 -o /dev/null -w '%{http_code}' $URL/hello.jl)" = 200
+S=$(status_json); echo "$S"
+check "status counts the OOM restart" grep -q '"oom":1' <<<"$S"
+check "status counts no crash" grep -q '"crash":0' <<<"$S"
 
 echo "== systemctl stop leaves nothing behind"
 systemctl stop julia-fcgi.service
