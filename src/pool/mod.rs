@@ -30,11 +30,14 @@ use crate::config::Supervision;
 use crate::notify::Notifier;
 use crate::scoreboard::{Scoreboard, Snapshot};
 use crate::status::report::{Report, Restarts};
-use crate::worker::{self, Event, Exit, Handle, Spec};
+use crate::worker::{self, Event, Handle, Spec};
 
+mod exits;
 mod health;
 mod policy;
 mod reload;
+
+use exits::backoff;
 
 /// Crashes of one slot counted together for back-off.
 pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
@@ -42,7 +45,7 @@ pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Failed starts in a row, before the pool ever was ready, that end the master.
 pub const START_ATTEMPTS: u32 = 3;
-/// While starting, systemd's start timeout is pushed this far ahead…
+/// While starting or reloading, systemd's timeout is pushed this far ahead…
 const EXTEND_BY: Duration = Duration::from_secs(30);
 /// …this often, for as long as workers are still warming up.
 const EXTEND_EVERY: Duration = Duration::from_secs(10);
@@ -255,7 +258,9 @@ impl Pool {
                 Some(reload) = reloads.recv() => self.begin_reload(reload),
                 _ = tick(&mut watchdog) => self.watchdog(),
                 _ = scan.tick() => self.scan(),
-                _ = extend.tick(), if self.phase == Phase::Starting => {
+                // A reload (RELOADING=1 until READY=1) runs against the same
+                // start timeout as a start: both warm workers up.
+                _ = extend.tick(), if self.phase != Phase::Serving => {
                     self.notifier.extend_timeout(EXTEND_BY);
                 }
                 _ = shutdown.changed() => break,
@@ -462,128 +467,6 @@ impl Pool {
             killed: false,
         });
     }
-
-    fn on_exit(&mut self, exit: Exit) -> Result<(), PoolError> {
-        if let Some(i) = self.retiring.iter().position(|r| r.handle.pid == exit.pid) {
-            let how = describe_status(&exit);
-            tracing::debug!(
-                worker = exit.slot,
-                worker_pid = exit.pid,
-                "old worker left: {how}"
-            );
-            let retired = self.retiring.swap_remove(i);
-            self.release(&retired.handle);
-            return Ok(());
-        }
-        let Some(index) = self.slots.iter().position(|s| s.number == exit.slot) else {
-            return Ok(());
-        };
-        if self.slots[index]
-            .successor
-            .as_ref()
-            .is_some_and(|(h, _)| h.pid == exit.pid)
-        {
-            if let Some((handle, _)) = self.slots[index].successor.take() {
-                self.release(&handle);
-            }
-            self.successor_failed(index, &exit);
-            return Ok(());
-        }
-        match self.slots[index].handle() {
-            Some(handle) if handle.pid == exit.pid => {
-                let board_slot = handle.board_slot;
-                if let (Some(board), Some(i)) = (self.board.as_mut(), board_slot) {
-                    board.release(i);
-                }
-            }
-            _ => return Ok(()),
-        }
-        let ever_ready = self.ever_ready;
-        let slot = &mut self.slots[index];
-        let how = explain_death(&exit, slot.last.as_ref());
-        if let Some(last) = slot.last.take() {
-            self.retired_requests += last.requests;
-        }
-        let now = Instant::now();
-        let was_running = matches!(slot.state, SlotState::Running { .. });
-        if !was_running {
-            slot.start_failures += 1;
-            tracing::error!(
-                worker = exit.slot,
-                worker_pid = exit.pid,
-                "worker failed to start: {how}; its stderr:\n{}",
-                stderr_text(&exit)
-            );
-            if !ever_ready && slot.start_failures >= START_ATTEMPTS {
-                return Err(PoolError::CannotStart {
-                    attempts: slot.start_failures,
-                    cause: format!("{how}; last stderr line: {}", last_line(&exit)),
-                });
-            }
-            let delay = backoff(slot.start_failures);
-            tracing::warn!(worker = exit.slot, "next start in {delay:?}");
-            slot.state = SlotState::Waiting { until: now + delay };
-            return Ok(());
-        }
-        let planned = slot
-            .ending
-            .take()
-            .map(|ending| ending.reason)
-            .or_else(|| exit.planned.clone());
-        if let Some(reason) = planned {
-            if reason == "request_terminate_timeout" {
-                self.restarts.timeout += 1;
-            } else {
-                self.restarts.exit += 1;
-            }
-            tracing::info!(
-                worker = exit.slot,
-                worker_pid = exit.pid,
-                "worker left ({reason}); replacing it"
-            );
-            slot.state = SlotState::Waiting { until: now };
-            return Ok(());
-        }
-        if exit
-            .memory
-            .as_ref()
-            .is_some_and(|(events, _)| events.oom_kill > 0)
-        {
-            self.restarts.oom += 1;
-        } else {
-            self.restarts.crash += 1;
-        }
-        slot.crashes.push_back(now);
-        while slot
-            .crashes
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW)
-        {
-            slot.crashes.pop_front();
-        }
-        let recent = slot.crashes.len() as u32;
-        let delay = if recent <= 1 {
-            Duration::ZERO
-        } else {
-            backoff(recent - 1)
-        };
-        if delay.is_zero() {
-            tracing::error!(
-                worker = exit.slot,
-                worker_pid = exit.pid,
-                "worker died: {how}; replacing it"
-            );
-        } else {
-            tracing::error!(
-                worker = exit.slot,
-                worker_pid = exit.pid,
-                "worker died: {how}; {recent} deaths in {CRASH_WINDOW:?}, \
-                 crash loop: next start in {delay:?}"
-            );
-        }
-        slot.state = SlotState::Waiting { until: now + delay };
-        Ok(())
-    }
 }
 
 fn take_handle(state: &mut SlotState) -> Handle {
@@ -596,12 +479,6 @@ fn take_handle(state: &mut SlotState) -> Handle {
             unreachable!("take_handle is only called on states with a worker")
         }
     }
-}
-
-/// 1 s, 2 s, 4 s, … up to [`MAX_BACKOFF`] for the n-th failure in a row.
-pub fn backoff(failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(16);
-    Duration::from_secs(1u64 << exponent).min(MAX_BACKOFF)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -617,80 +494,5 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
             interval.tick().await;
         }
         None => std::future::pending().await,
-    }
-}
-
-fn describe_status(exit: &Exit) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match exit.status {
-        None => "exit status unknown".into(),
-        Some(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => format!("exited with status {code}"),
-            (None, Some(signal)) => {
-                let name = nix::sys::signal::Signal::try_from(signal)
-                    .map(|s| s.as_str().to_owned())
-                    .unwrap_or_else(|_| format!("signal {signal}"));
-                format!("killed by {name}")
-            }
-            (None, None) => format!("ended ({status})"),
-        },
-    }
-}
-
-/// "killed by SIGKILL", and what it was doing, and whether the OOM killer
-/// did it: "killed by the OOM killer at memory.max=512M while serving GET
-/// /big.jl for 1.8 s".
-fn explain_death(exit: &Exit, last: Option<&Snapshot>) -> String {
-    let mut how = match &exit.memory {
-        Some((events, max)) if events.oom_kill > 0 => {
-            let max = max.as_deref().unwrap_or("?");
-            let max = max
-                .parse::<u64>()
-                .map(crate::cgroup::format_size)
-                .unwrap_or_else(|_| max.to_owned());
-            format!("was killed by the OOM killer at memory.max={max}")
-        }
-        _ => describe_status(exit),
-    };
-    if let Some(busy_for) = last.and_then(|l| l.busy_for(crate::scoreboard::monotonic_ns())) {
-        let last = last.expect("busy_for came from it");
-        how.push_str(&format!(
-            " while serving {} {} for {:.1} s",
-            last.method,
-            last.uri,
-            busy_for.as_secs_f64()
-        ));
-    }
-    how
-}
-
-fn stderr_text(exit: &Exit) -> String {
-    if exit.stderr_tail.is_empty() {
-        "(it printed nothing on stderr)".to_owned()
-    } else {
-        exit.stderr_tail.join("\n")
-    }
-}
-
-fn last_line(exit: &Exit) -> &str {
-    exit.stderr_tail
-        .iter()
-        .rev()
-        .find(|line| !line.trim().is_empty())
-        .map(String::as_str)
-        .unwrap_or("(none)")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_a_cap() {
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(2), Duration::from_secs(2));
-        assert_eq!(backoff(3), Duration::from_secs(4));
-        assert_eq!(backoff(10), MAX_BACKOFF);
-        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
     }
 }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::{describe_status, stderr_text, Phase, Pool, Reload, Slot, SlotState, START_ATTEMPTS};
+use super::exits::{describe_status, stderr_text};
+use super::{Phase, Pool, Reload, Slot, SlotState, START_ATTEMPTS};
 use crate::worker::Exit;
 
 impl Pool {

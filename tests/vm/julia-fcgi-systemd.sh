@@ -35,6 +35,7 @@ shutdown_grace = "20s"
 memory_max = "800M"
 pids_max = "64"
 recycle_memory = "450M"
+access_log = true
 TOML
 # Faster watchdog and stop for the test; everything else as shipped.
 mkdir -p /etc/systemd/system/julia-fcgi.service.d
@@ -134,6 +135,26 @@ sys.exit(1)'
 check "a page's exception is one journal entry with its backtrace" one_entry || \
     journalctl -u julia-fcgi.service -b -o verbose --no-pager | grep -B3 -A25 'throws' | head -60
 
+echo "== access log (access_log = true)"
+access_entry() { # $1 = URI, $2 = status: an access entry with all its fields
+    journalctl -u julia-fcgi.service -b -o json --no-pager TARGET=julia_fcgi::access | python3 -c '
+import json, sys
+uri, status = sys.argv[1], sys.argv[2]
+for line in sys.stdin:
+    e = json.loads(line)
+    if e.get("REQUEST_URI") == uri and e.get("HTTP_STATUS") == status:
+        print(e.get("MESSAGE"))
+        ok = (e.get("REQUEST_METHOD") == "GET" and e.get("REMOTE_ADDR") == "127.0.0.1"
+              and e.get("WORKER", "").isdigit() and e.get("WORKER_PID", "").isdigit()
+              and e.get("DURATION_US", "").isdigit() and e.get("PRIORITY") == "6")
+        sys.exit(0 if ok else 1)
+sys.exit(1)' "$1" "$2"
+}
+sleep 2
+journalctl -u julia-fcgi.service -b --no-pager -q TARGET=julia_fcgi::access | tail -5
+check "access entry for GET /hello.jl 200 with its fields" access_entry /hello.jl 200
+check "access entry for GET /throws.jl 500" access_entry /throws.jl 500
+
 load() { # $1 = output file; runs until /tmp/stop-load exists
     local ok=0 failed=0 code
     while [ ! -e /tmp/stop-load ]; do
@@ -173,6 +194,8 @@ wait_reload() {
 echo "== reload under load"
 under_load "systemctl reload" wait_reload
 check "journal: reload complete" bash -c "journalctl -u julia-fcgi.service -b --no-pager | grep -q 'reload complete'"
+# The master extends the timeout while new workers warm up.
+check "systemd did not time the reload out" bash -c "! journalctl -b --no-pager | grep -q 'Reload operation timed out'"
 
 echo "== restart under load (the socket stays open)"
 under_load "systemctl restart" systemctl restart julia-fcgi.service
@@ -286,8 +309,8 @@ oom_request() {
 under_load "the other worker during the OOM kill" oom_request
 check "the request that blew memory_max gets 502" test "$OOM_CODE" = 502
 journal_since
-check "journal: killed by the OOM killer at memory.max=800M while serving GET /oom.jl" \
-    logged 'killed by the OOM killer at memory.max=800M while serving GET /oom.jl'
+check "journal: worker N (pid P) was killed by the OOM killer at memory.max=800M while serving GET /oom.jl" \
+    logged 'worker [12] (pid [0-9]*) was killed by the OOM killer at memory.max=800M while serving GET /oom.jl'
 for _ in $(seq 1 600); do logged_then 'killed by the OOM killer' 'worker ready' && break; sleep 1; done
 check "journal: the killed worker was replaced" logged_then 'killed by the OOM killer' 'worker ready'
 check "both workers idle after the OOM" both_idle
