@@ -9,6 +9,7 @@
 use std::io::IsTerminal;
 use std::os::fd::AsRawFd;
 
+use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
@@ -44,7 +45,8 @@ pub fn init(level: Option<&str>, target: LogTarget) -> Result<(), String> {
             Ok(layer) => {
                 let layer = layer
                     .with_field_prefix(None)
-                    .with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned());
+                    .with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned())
+                    .with_priority_mappings(priorities());
                 registry.with(layer).init();
                 return Ok(());
             }
@@ -65,6 +67,20 @@ pub fn init(level: Option<&str>, target: LogTarget) -> Result<(), String> {
         )
         .init();
     Ok(())
+}
+
+/// syslog's meaning of the levels, as other daemons use them: routine
+/// messages (a worker is ready, the access log) are `info` (6), so
+/// `journalctl -p notice` leaves them out; tracing-journald's default would
+/// make them `notice` (5).
+fn priorities() -> PriorityMappings {
+    PriorityMappings {
+        error: Priority::Error,
+        warn: Priority::Warning,
+        info: Priority::Informational,
+        debug: Priority::Debug,
+        trace: Priority::Debug,
+    }
 }
 
 /// systemd sets `JOURNAL_STREAM=DEV:INODE` for a service whose stderr is

@@ -144,10 +144,12 @@ for line in sys.stdin:
     e = json.loads(line)
     if e.get("REQUEST_URI") == uri and e.get("HTTP_STATUS") == status:
         print(e.get("MESSAGE"))
-        ok = (e.get("REQUEST_METHOD") == "GET" and e.get("REMOTE_ADDR") == "127.0.0.1"
-              and e.get("WORKER", "").isdigit() and e.get("WORKER_PID", "").isdigit()
-              and e.get("DURATION_US", "").isdigit() and e.get("PRIORITY") == "6")
-        sys.exit(0 if ok else 1)
+        want = {"REQUEST_METHOD": "GET", "REMOTE_ADDR": "127.0.0.1", "PRIORITY": "6"}
+        bad = [k for k, v in want.items() if e.get(k) != v]
+        bad += [k for k in ("WORKER", "WORKER_PID", "DURATION_US") if not e.get(k, "").isdigit()]
+        if bad:
+            print("unexpected fields:", {k: e.get(k) for k in bad})
+        sys.exit(1 if bad else 0)
 sys.exit(1)' "$1" "$2"
 }
 sleep 2
