@@ -18,6 +18,8 @@ module Access
 
 using ..Posix
 using ..Control
+using ..FastCGI
+using ..FastCGI: ByteBuf, add!
 
 """Entries sent together at the most."""
 const BATCH = 64
@@ -25,67 +27,58 @@ const BATCH = 64
 const MAX_DELAY_NS = UInt64(50_000_000)
 
 mutable struct Pending
-    buf::Vector{UInt8}
-    len::Int
+    out::ByteBuf        # the waiting lines
     count::Int
     oldest::UInt64      # time_ns() of the first waiting entry
 end
 
-Pending() = Pending(Vector{UInt8}(undef, 16 * 1024), 0, 0, UInt64(0))
+Pending() = Pending(ByteBuf(16 * 1024), 0, UInt64(0))
 
 const PENDING = Pending()
 
-@inline function putb!(p::Pending, b::UInt8)
-    p.len == length(p.buf) && resize!(p.buf, 2 * length(p.buf))
-    @inbounds p.buf[p.len+1] = b
-    p.len += 1
-    return nothing
-end
-
 """A field, escaped as INTERFACE.md says. Byte by byte: the four escaped
 bytes never occur inside a UTF-8 sequence."""
-function put_field!(p::Pending, s::AbstractString)
-    for b in codeunits(s)
-        if b == UInt8('\\')
-            putb!(p, b); putb!(p, b)
-        elseif b == UInt8('\n')
-            putb!(p, UInt8('\\')); putb!(p, UInt8('n'))
-        elseif b == UInt8('\r')
-            putb!(p, UInt8('\\')); putb!(p, UInt8('r'))
-        elseif b == UInt8('\t')
-            putb!(p, UInt8('\\')); putb!(p, UInt8('t'))
+function put_field!(b::ByteBuf, s::AbstractString)
+    for c in codeunits(s)
+        if c == UInt8('\\')
+            add!(b, c); add!(b, c)
+        elseif c == UInt8('\n')
+            add!(b, UInt8('\\')); add!(b, UInt8('n'))
+        elseif c == UInt8('\r')
+            add!(b, UInt8('\\')); add!(b, UInt8('r'))
+        elseif c == UInt8('\t')
+            add!(b, UInt8('\\')); add!(b, UInt8('t'))
         else
-            putb!(p, b)
+            add!(b, c)
         end
     end
     return nothing
 end
 
 """A non-negative integer in decimal, without allocating."""
-function put_int!(p::Pending, n::Integer)
+function put_int!(b::ByteBuf, n::Integer)
     n = UInt64(max(n, 0))
-    first = p.len + 1
+    first = b.len + 1
     while true
-        putb!(p, UInt8('0') + UInt8(n % 10))
+        add!(b, UInt8('0') + UInt8(n % 10))
         n ÷= 10
         n == 0 && break
     end
-    reverse!(p.buf, first, p.len)
+    reverse!(b.data, first, b.len)
     return nothing
 end
 
 """Append one `ACCESS` line (with its newline) to `p`."""
 function add_entry!(p::Pending, method::AbstractString, uri::AbstractString, status::Integer,
                  duration_us::Integer, remote_addr::AbstractString)
-    for b in codeunits("ACCESS\t")
-        putb!(p, b)
-    end
-    put_field!(p, method); putb!(p, UInt8('\t'))
-    put_field!(p, uri); putb!(p, UInt8('\t'))
-    put_int!(p, status); putb!(p, UInt8('\t'))
-    put_int!(p, duration_us); putb!(p, UInt8('\t'))
-    put_field!(p, remote_addr)
-    putb!(p, UInt8('\n'))
+    b = p.out
+    add!(b, "ACCESS\t")
+    put_field!(b, method); add!(b, UInt8('\t'))
+    put_field!(b, uri); add!(b, UInt8('\t'))
+    put_int!(b, status); add!(b, UInt8('\t'))
+    put_int!(b, duration_us); add!(b, UInt8('\t'))
+    put_field!(b, remote_addr)
+    add!(b, UInt8('\n'))
     p.count += 1
     return nothing
 end
@@ -95,7 +88,7 @@ function line(method::AbstractString, uri::AbstractString, status::Integer,
               duration_us::Integer, remote_addr::AbstractString)::String
     p = Pending()
     add_entry!(p, method, uri, status, duration_us, remote_addr)
-    return String(p.buf[1:p.len-1])
+    return String(p.out.data[1:p.out.len-1])
 end
 
 """
@@ -121,11 +114,11 @@ pending() = PENDING.count > 0
 """Send the waiting entries now (the worker is idle or leaving)."""
 function flush!()
     p = PENDING
-    p.len == 0 && return nothing
-    Control.active() && Posix.write_all(Control.CHAN.fd, p.buf, p.len; timeout_ms=2_000)
-    p.len = 0
+    b = p.out
+    b.len == 0 && return nothing
+    Control.active() && Posix.write_all(Control.CHAN.fd, b.data, b.len; timeout_ms=2_000)
+    FastCGI.shrink!(FastCGI.reset!(b), 64 * 1024)
     p.count = 0
-    length(p.buf) > 64 * 1024 && (p.buf = Vector{UInt8}(undef, 16 * 1024))
     return nothing
 end
 

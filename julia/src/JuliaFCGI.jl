@@ -11,9 +11,9 @@ Modules, bottom-up:
 | `Posix`     | `ccall` wrappers: accept4, poll, read, send, fcntl, socketpair |
 | `Log`       | the worker's log entries, raw `write(2)`, escaped one-liners |
 | `Control`   | control channel: READY / EXITING out, STOP / ABORT in |
-| `Access`    | access log entries, batched onto the control channel |
 | `Config`    | settings from the environment |
 | `FastCGI`   | wire format: record constants, headers, name-value pairs, builders |
+| `Access`    | access log entries, batched onto the control channel |
 | `Output`    | `ResponseIO` (the page's stdout), CGI headers → STDOUT records |
 | `Env`       | switching `ENV` between the worker's and a request's, by diff |
 | `Transform` | static analysis of a page: handler / compiled / fallback |
@@ -50,9 +50,9 @@ end)
 include("Posix.jl")
 include("Log.jl")
 include("Control.jl")
-include("Access.jl")
 include("Config.jl")
 include("FastCGI.jl")
+include("Access.jl")
 include("Output.jl")
 include("Env.jl")
 include("Transform.jl")
