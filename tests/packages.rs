@@ -161,6 +161,16 @@ fn tree(root: &Path) -> BTreeMap<String, u32> {
     files
 }
 
+/// The .deb's control area (maintainer scripts, conffiles), unpacked.
+fn deb_control(deb: &Path) -> tempfile::TempDir {
+    let control = tempfile::tempdir().unwrap();
+    run(Command::new("dpkg-deb")
+        .arg("-e")
+        .arg(deb)
+        .arg(control.path()));
+    control
+}
+
 /// The .deb's files with their modes, and owners.
 fn deb_files(deb: &Path) -> (BTreeMap<String, u32>, BTreeSet<String>) {
     let listing = run(Command::new("dpkg-deb").arg("-c").arg(deb));
@@ -332,11 +342,7 @@ fn rpm_files_are_the_layout() {
 #[test]
 fn config_files_survive_upgrades() {
     let p = packages();
-    let control = tempfile::tempdir().unwrap();
-    run(Command::new("dpkg-deb")
-        .arg("-e")
-        .arg(&p.deb)
-        .arg(control.path()));
+    let control = deb_control(&p.deb);
     let conffiles = fs::read_to_string(control.path().join("conffiles")).unwrap();
     let conffiles: BTreeSet<&str> = conffiles.lines().collect();
     let config = BTreeSet::from([
@@ -475,11 +481,7 @@ fn run_script(script: &Path, args: &[&str], root: &Path) -> Vec<String> {
 #[test]
 fn deb_maintainer_scripts() {
     let p = packages();
-    let control = tempfile::tempdir().unwrap();
-    run(Command::new("dpkg-deb")
-        .arg("-e")
-        .arg(&p.deb)
-        .arg(control.path()));
+    let control = deb_control(&p.deb);
     let script = |name: &str| control.path().join(name);
     for name in ["postinst", "prerm", "postrm"] {
         let path = script(name);
