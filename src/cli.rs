@@ -2,7 +2,8 @@
 //!
 //! The short flags are the old C "Julia FastCGI Process Manager"'s, so existing
 //! start scripts keep working: `-l ADDR -b JULIA -v WORKER_FILE -h HOME -s
-//! SOCKET -w N`. Because `-h` is HOME there, help is `--help` only.
+//! SOCKET -w N`. Because `-h` is HOME there, the top level's help is
+//! `--help` only; a subcommand, where `-h` means nothing else, takes both.
 //!
 //! Every field is an `Option`: a flag given on the command line overrides the
 //! config file, a flag left out leaves the file's value (or the built-in
@@ -44,7 +45,8 @@ pub struct Cli {
     #[arg(short = 'v', long = "worker", value_name = "WORKER_FILE")]
     pub worker: Option<PathBuf>,
 
-    /// HOME directory given to the workers [default: $HOME, else /home]
+    /// HOME directory given to the workers [default: the --user's home when
+    /// started as root, else $HOME, else /home]
     #[arg(short = 'h', long = "home", value_name = "HOME")]
     pub home: Option<PathBuf>,
 
@@ -59,7 +61,8 @@ pub struct Cli {
     pub workers: Option<u32>,
 
     /// TOML configuration file; flags given on the command line override it
-    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    /// (`status` reads its status_listen and runtime_dir)
+    #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
 
     /// Listen backlog of a socket julia-fcgi binds itself [default: 511]
@@ -102,9 +105,10 @@ pub struct Cli {
     #[arg(long = "access-log")]
     pub access_log: bool,
 
-    /// Where the master serves its status page and ping: a unix socket path
-    /// or a loopback HOST:PORT [default: status.sock in the runtime directory]
-    #[arg(long = "status-listen", value_name = "ADDR")]
+    /// Where the master serves its status page and ping (and where `status`
+    /// asks): a unix socket path or a loopback HOST:PORT [default:
+    /// status.sock in the runtime directory]
+    #[arg(long = "status-listen", value_name = "ADDR", global = true)]
     pub status_listen: Option<String>,
 
     /// Print help
@@ -129,8 +133,14 @@ pub struct StatusArgs {
     /// Refresh every second until interrupted
     #[arg(long)]
     pub watch: bool,
-    /// The status socket to ask: a unix socket path or HOST:PORT [default:
-    /// status.sock in the runtime directory]
+    /// The status socket to ask: a unix socket path or a loopback HOST:PORT
+    /// [default: --status-listen, else status_listen in the --config file,
+    /// else status.sock in the runtime directory]
     #[arg(long = "status-socket", value_name = "ADDR")]
     pub socket: Option<String>,
+    /// Print help
+    // The top level turns clap's help flag off (-h is HOME there), and that
+    // setting is inherited; here -h means nothing else.
+    #[arg(short = 'h', long = "help", action = ArgAction::Help)]
+    pub help: Option<bool>,
 }

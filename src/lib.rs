@@ -15,6 +15,8 @@
 //! - [`cli`]: the command line, compatible with the old C process manager.
 //! - [`config`]: flags over a TOML file over defaults, validated into
 //!   [`config::Settings`] before anything happens.
+//! - [`contract`]: what the master tells each worker at start-up, as one
+//!   typed value, and the environment that carries it to the Julia side.
 //! - [`listen`]: the listening socket: systemd's, spawn-fcgi's (fd 0), or
 //!   bound from `-l`.
 //! - [`control`]: the line protocol on each worker's control channel
@@ -35,6 +37,7 @@
 pub mod cgroup;
 pub mod cli;
 pub mod config;
+pub mod contract;
 pub mod control;
 pub mod listen;
 pub mod logging;

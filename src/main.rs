@@ -1,7 +1,6 @@
 //! The `julia-fcgi` binary: parse, validate, acquire the socket, drop
 //! privileges, run the pool; turn signals into stops and reloads.
 
-use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -13,7 +12,8 @@ use tokio::sync::{mpsc, watch};
 
 use julia_fcgi::cgroup::{NotDelegated, Tree};
 use julia_fcgi::cli::{Cli, Command, StatusArgs};
-use julia_fcgi::config::{ListenAddr, Settings};
+use julia_fcgi::config::{self, Environment, ListenAddr, Settings};
+use julia_fcgi::contract::WorkerContract;
 use julia_fcgi::listen::{self, Listener, Origin, Sockets};
 use julia_fcgi::notify::{self, Notifier};
 use julia_fcgi::pool::{self, Pool, Reload};
@@ -26,16 +26,22 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => parse_error(e),
     };
+    // Before anything changes who this process is: a reload resolves the
+    // config in the same environment as this first start.
+    let env = Environment::capture();
     if let Some(Command::Status(args)) = &cli.command {
-        return status_command(&cli, args);
+        return status_command(&cli, args, &env);
     }
-    let settings = match Settings::resolve(&cli) {
+    let settings = match Settings::resolve(&cli, &env) {
         Ok(settings) => settings,
         // Usage text and exit 2, like clap's own errors, before anything runs.
         Err(e) => usage_error(e),
     };
     if let Err(e) = logging::init(settings.log_level.as_deref(), settings.log_target) {
         usage_error(e);
+    }
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
     }
     let notifier = Arc::new(Notifier::from_env());
     match run(cli, settings, notifier.clone()) {
@@ -77,6 +83,18 @@ fn usage_error(message: impl std::fmt::Display) -> ! {
     Cli::command()
         .error(clap::error::ErrorKind::ValueValidation, message)
         .exit()
+}
+
+/// A usage error of `julia-fcgi status`, with that subcommand's usage.
+fn status_usage_error(message: impl std::fmt::Display) -> ! {
+    let mut cli = Cli::command();
+    // Built, the subcommand knows its full name (`julia-fcgi status`).
+    cli.build();
+    match cli.find_subcommand_mut("status") {
+        Some(status) => status.error(clap::error::ErrorKind::ValueValidation, message),
+        None => cli.error(clap::error::ErrorKind::ValueValidation, message),
+    }
+    .exit()
 }
 
 fn run(cli: Cli, settings: Settings, notifier: Arc<Notifier>) -> anyhow::Result<()> {
@@ -215,15 +233,11 @@ enum StatusSocket {
 }
 
 /// `julia-fcgi status`: ask a running instance, print what it says.
-fn status_command(cli: &Cli, args: &StatusArgs) -> ExitCode {
-    let addr = args.socket.clone().unwrap_or_else(|| {
-        cli.runtime_dir
-            .clone()
-            .unwrap_or_else(julia_fcgi::config::default_runtime_dir)
-            .join("status.sock")
-            .display()
-            .to_string()
-    });
+fn status_command(cli: &Cli, args: &StatusArgs, env: &Environment) -> ExitCode {
+    let addr = match config::status_target(cli, args, env) {
+        Ok(addr) => addr,
+        Err(e) => status_usage_error(e),
+    };
     loop {
         match status::client::fetch(&addr) {
             Ok(report) => {
@@ -330,7 +344,7 @@ fn pool_config(
     let spec = worker::Spec {
         julia: settings.julia.clone(),
         worker_file: settings.worker_file.clone(),
-        env: worker_env(settings),
+        env: WorkerContract::from(settings).env(),
         listener: shared.listener.clone(),
         cgroups: shared.cgroups.clone(),
         limits: settings.supervision.limits.clone(),
@@ -381,77 +395,22 @@ impl Signals {
 
     fn reload(&mut self) {
         tracing::info!("SIGHUP: re-reading the configuration");
-        let settings = match Settings::resolve(&self.cli) {
-            Ok(settings) => settings,
+        let reloaded = match Settings::reload(&self.cli, &self.running) {
+            Ok(reloaded) => reloaded,
             Err(e) => {
                 tracing::error!("reload refused, still running the previous configuration: {e}");
                 return;
             }
         };
-        for (what, changed) in [
-            ("listen", settings.listen != self.running.listen),
-            ("user", settings.identity != self.running.identity),
-            ("log_target", settings.log_target != self.running.log_target),
-        ] {
-            if changed {
-                tracing::warn!("{what} changed; that takes a restart, not a reload");
-            }
+        for line in reloaded
+            .needs_restart
+            .iter()
+            .chain(&reloaded.settings.warnings)
+        {
+            tracing::warn!("{line}");
         }
-        let (spec, options) = pool_config(&settings, &self.shared, &self.listening_on);
-        self.running = settings;
+        let (spec, options) = pool_config(&reloaded.settings, &self.shared, &self.listening_on);
+        self.running = reloaded.settings;
         let _ = self.reload.send(Reload { spec, options });
     }
-}
-
-/// The workers' whole environment: `julia/INTERFACE.md` lists each variable.
-fn worker_env(settings: &Settings) -> Vec<(OsString, OsString)> {
-    let pages = &settings.pages;
-    let mut env: Vec<(OsString, OsString)> = vec![
-        ("HOME".into(), settings.home.clone().into_os_string()),
-        (
-            "PATH".into(),
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
-        ),
-        (
-            "JULIA_FCGI_EXTENSIONS".into(),
-            pages.extensions.join(",").into(),
-        ),
-        (
-            "JULIA_FCGI_DOC_ROOTS".into(),
-            std::env::join_paths(&pages.document_roots).unwrap_or_default(),
-        ),
-        (
-            "JULIA_FCGI_DEV".into(),
-            if pages.development { "1" } else { "0" }.into(),
-        ),
-        (
-            "JULIA_FCGI_ACCESS_LOG".into(),
-            if pages.access_log { "1" } else { "0" }.into(),
-        ),
-        (
-            "JULIA_FCGI_MAX_PARAMS".into(),
-            pages.max_params_bytes.to_string().into(),
-        ),
-        (
-            "JULIA_FCGI_MAX_BODY".into(),
-            pages.max_body_bytes.to_string().into(),
-        ),
-        (
-            "JULIA_FCGI_READ_TIMEOUT".into(),
-            pages.read_timeout.as_secs_f64().to_string().into(),
-        ),
-    ];
-    for name in ["LANG", "LC_ALL", "JULIA_DEPOT_PATH", "JULIA_LOAD_PATH"] {
-        if let Some(value) = std::env::var_os(name) {
-            env.push((name.into(), value));
-        }
-    }
-    // One thread unless the operator asks for more: since Julia 1.12 the
-    // default is a second, interactive thread, which a worker serving one
-    // request at a time from blocking system calls has no use for.
-    env.push((
-        "JULIA_NUM_THREADS".into(),
-        std::env::var_os("JULIA_NUM_THREADS").unwrap_or_else(|| "1".into()),
-    ));
-    env
 }

@@ -81,9 +81,18 @@ pub(super) fn parse_mode(text: &str) -> Result<u32, ConfigError> {
 /// The status page is for operators and health checks: a unix socket or
 /// the loopback only, never the network.
 pub(super) fn status_addr(text: &str) -> Result<ListenAddr, ConfigError> {
-    match ListenAddr::parse(text).map_err(|e| invalid("status_listen", e.to_string()))? {
+    status_addr_of("status_listen", text)
+}
+
+/// [`status_addr`] of the setting or flag `setting`, named so in errors.
+pub(super) fn status_addr_of(setting: &'static str, text: &str) -> Result<ListenAddr, ConfigError> {
+    let parsed = ListenAddr::parse(text).map_err(|e| match e {
+        ConfigError::Invalid { message, .. } => invalid(setting, message),
+        other => other,
+    })?;
+    match parsed {
         ListenAddr::Tcp { addr, .. } if !addr.ip().is_loopback() => Err(invalid(
-            "status_listen",
+            setting,
             format!("{addr}: only a unix socket or a loopback address (127.0.0.1, [::1])"),
         )),
         addr => Ok(addr),
@@ -120,31 +129,48 @@ pub(super) fn optional_duration(
     }
 }
 
-/// A duration: `10s`, `500ms`, `2m`, `1h` or a bare number of seconds.
+/// A duration: `10s`, `500ms`, `1.5s`, `2m`, `1h` or a bare number of
+/// seconds. Decimals are read exactly (not through a float), so `1.001s` is
+/// 1001 ms to the nanosecond, as the worker will be told.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let seconds = match unit.trim() {
-        "" | "s" => number,
-        "ms" => number / 1000.0,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
+    let unit_ns: u128 = match unit.trim() {
+        "" | "s" => 1_000_000_000,
+        "ms" => 1_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
         _ => return None,
     };
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() || fraction.contains('.') || fraction.len() > 18 {
+        return None;
+    }
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let fraction_ns = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse::<u128>().ok()? * unit_ns / 10u128.pow(fraction.len() as u32)
+    };
+    let ns = whole.checked_mul(unit_ns)?.checked_add(fraction_ns)?;
+    let secs = u64::try_from(ns / 1_000_000_000).ok()?;
+    Some(Duration::new(secs, (ns % 1_000_000_000) as u32))
 }
 
 pub(super) fn duration(
     setting: &'static str,
     text: Option<&str>,
-    default_secs: u64,
+    default: Duration,
 ) -> Result<Duration, ConfigError> {
     match text {
-        None => Ok(Duration::from_secs(default_secs)),
+        None => Ok(default),
         Some(text) => parse_duration(text).ok_or_else(|| {
             invalid(
                 setting,
@@ -202,6 +228,13 @@ mod tests {
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1.001s"), Some(Duration::from_millis(1001)));
+        assert_eq!(parse_duration("0.1s"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_duration(".5m"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5ms"), Some(Duration::from_micros(1500)));
+        for bad in [".", "1..2s", "1.2.3s", "-1s", "s", ""] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
         assert_eq!(parse_duration("soon"), None);
         assert_eq!(parse_duration("5 parsecs"), None);
     }

@@ -2,33 +2,24 @@
 //! prints a table, a person's first stop when something looks wrong.
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use serde_json::Value;
 
-/// Fetches `/status?json&full` from `addr` (a unix socket path, or
-/// HOST:PORT) over plain HTTP.
-pub fn fetch(addr: &str) -> Result<Value, String> {
-    let request = b"GET /status?json&full HTTP/1.0\r\n\r\n";
-    let timeout = Some(Duration::from_secs(5));
-    let mut response = Vec::new();
-    let io = |e: std::io::Error| {
+use crate::config::ListenAddr;
+
+/// Fetches `/status?json&full` from the status socket at `addr` over plain
+/// HTTP.
+pub fn fetch(addr: &ListenAddr) -> Result<Value, String> {
+    let response = exchange(addr, b"GET /status?json&full HTTP/1.0\r\n\r\n").map_err(|e| {
         format!(
             "cannot reach julia-fcgi's status socket at {addr}: {e}\n\
-             Is julia-fcgi running (systemctl status julia-fcgi)? Give another socket with --status-socket."
+             Is julia-fcgi running (systemctl status julia-fcgi)? Point at its status socket \
+             with --status-listen ADDR, or -c FILE for the status_listen of its config."
         )
-    };
-    if addr.starts_with('/') || addr.starts_with('.') {
-        let mut s = std::os::unix::net::UnixStream::connect(addr).map_err(io)?;
-        s.set_read_timeout(timeout).map_err(io)?;
-        s.write_all(request).map_err(io)?;
-        s.read_to_end(&mut response).map_err(io)?;
-    } else {
-        let mut s = std::net::TcpStream::connect(addr).map_err(io)?;
-        s.set_read_timeout(timeout).map_err(io)?;
-        s.write_all(request).map_err(io)?;
-        s.read_to_end(&mut response).map_err(io)?;
-    }
+    })?;
     let text = String::from_utf8_lossy(&response);
     let body = text
         .split_once("\r\n\r\n")
@@ -36,6 +27,31 @@ pub fn fetch(addr: &str) -> Result<Value, String> {
         .ok_or_else(|| format!("{addr} answered something that is not HTTP"))?;
     serde_json::from_str(body)
         .map_err(|e| format!("{addr} answered something that is not status JSON: {e}"))
+}
+
+/// One request, the whole answer.
+fn exchange(addr: &ListenAddr, request: &[u8]) -> std::io::Result<Vec<u8>> {
+    fn over(mut stream: impl Read + Write, request: &[u8]) -> std::io::Result<Vec<u8>> {
+        stream.write_all(request)?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        Ok(response)
+    }
+    let timeout = Some(Duration::from_secs(5));
+    match addr {
+        ListenAddr::Unix(path) => {
+            let stream = UnixStream::connect(path)?;
+            stream.set_read_timeout(timeout)?;
+            stream.set_write_timeout(timeout)?;
+            over(stream, request)
+        }
+        ListenAddr::Tcp { addr, .. } => {
+            let stream = TcpStream::connect_timeout(addr, Duration::from_secs(5))?;
+            stream.set_read_timeout(timeout)?;
+            stream.set_write_timeout(timeout)?;
+            over(stream, request)
+        }
+    }
 }
 
 /// A person's view of a status report.

@@ -1,0 +1,119 @@
+//! The config file as written: [`FileConfig`] is exactly what the TOML may
+//! say, nothing interpreted yet.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::ConfigError;
+use crate::cli::Cli;
+
+/// The TOML file, as written. Every key is optional; unknown keys are errors
+/// so that a typo is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub julia: Option<PathBuf>,
+    pub worker: Option<PathBuf>,
+    pub home: Option<PathBuf>,
+    pub workers: Option<u32>,
+    pub backlog: Option<u32>,
+    pub socket_mode: Option<String>,
+    pub socket_owner: Option<String>,
+    pub log_level: Option<String>,
+    /// Where logs go: "auto" (the journal when stderr is connected to it),
+    /// "journal" or "stderr".
+    pub log_target: Option<String>,
+    /// Service user when started as root.
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// Let pages run as root. Never in production.
+    pub allow_to_run_as_root: Option<bool>,
+    /// Page extensions that may run (PHP-FPM's `security.limit_extensions`).
+    pub limit_extensions: Option<Vec<String>>,
+    /// Directories outside which no page runs; empty means anywhere.
+    pub document_roots: Option<Vec<PathBuf>>,
+    /// Show exceptions and backtraces in 500 responses (never in production).
+    pub development: Option<bool>,
+    /// One log entry per request: method, URI, status, duration, worker.
+    pub access_log: Option<bool>,
+    pub max_params_bytes: Option<u64>,
+    pub max_body_bytes: Option<u64>,
+    /// How long a connection may stay silent while a request is read.
+    pub read_timeout: Option<String>,
+    /// How long a worker may take from spawn to ready.
+    pub worker_start_timeout: Option<String>,
+    /// How long a stop waits for requests in progress before killing.
+    pub shutdown_grace: Option<String>,
+    /// Where the scoreboard lives (default: systemd's RUNTIME_DIRECTORY).
+    pub runtime_dir: Option<PathBuf>,
+    /// The status page's socket: a unix path or a loopback HOST:PORT
+    /// (default: status.sock in the runtime directory).
+    pub status_listen: Option<String>,
+    /// The cgroup subtree to manage instead of the process's own, or
+    /// "none" for no per-worker cgroups.
+    pub cgroup_root: Option<String>,
+    /// Per-worker cgroup limits: sizes like "512M", or "max".
+    pub memory_max: Option<String>,
+    pub memory_high: Option<String>,
+    pub memory_swap_max: Option<String>,
+    pub pids_max: Option<String>,
+    pub cpu_weight: Option<u64>,
+    /// A request running longer gets its worker stopped and replaced.
+    pub request_terminate_timeout: Option<String>,
+    /// A request running longer is logged once as slow.
+    pub request_slowlog_timeout: Option<String>,
+    /// A worker is replaced after this many requests (0: never)…
+    pub max_requests: Option<u64>,
+    /// …plus a random 0..jitter, so workers do not all recycle at once.
+    pub max_requests_jitter: Option<u64>,
+    /// A worker whose cgroup memory stays above this after a request is
+    /// replaced gracefully.
+    pub recycle_memory: Option<String>,
+    /// "static": always `workers`; "dynamic": between `workers` and
+    /// `max_children`, by demand.
+    pub pm: Option<String>,
+    pub max_children: Option<u32>,
+    pub min_spare: Option<u32>,
+    pub max_spare: Option<u32>,
+    /// How long an extra worker may sit idle before it is retired.
+    pub idle_timeout: Option<String>,
+    /// The pool's Julia project: a directory with a Project.toml, the
+    /// workers' `JULIA_PROJECT`.
+    pub project: Option<PathBuf>,
+    /// The workers' Julia depot (where packages and compiled caches go);
+    /// must be writable by the service user.
+    pub depot: Option<PathBuf>,
+    /// Packages every worker loads at start-up, before it is ready.
+    pub preload: Option<Vec<String>>,
+}
+
+impl FileConfig {
+    /// The file `-c` names, or an empty one when there is none.
+    pub fn of(cli: &Cli) -> Result<Self, ConfigError> {
+        match &cli.config {
+            Some(path) => Self::load(path),
+            None => Ok(Self::default()),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| {
+            // Name the line, so the setting at fault is obvious.
+            let place = e.span().map(|span| {
+                let line_no = text[..span.start].matches('\n').count() + 1;
+                let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+                format!("line {line_no} (`{line}`): ")
+            });
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!("{}{}", place.unwrap_or_default(), e.message()),
+            }
+        })
+    }
+}
