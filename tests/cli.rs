@@ -210,3 +210,218 @@ fn a_socket_somebody_listens_on_is_not_stolen() {
         out.stderr
     );
 }
+
+#[test]
+fn the_status_subcommand_has_its_own_help() {
+    for flag in ["--help", "-h"] {
+        let out = run(&["status", flag]);
+        assert_eq!(out.code, Some(0), "status {flag}: {}", out.stderr);
+        for needle in [
+            "Usage: julia-fcgi status",
+            "--json",
+            "--watch",
+            "--status-socket",
+            "--status-listen",
+            "--config",
+        ] {
+            assert!(
+                out.stdout.contains(needle),
+                "{needle} missing from status {flag}:\n{}",
+                out.stdout
+            );
+        }
+    }
+}
+
+/// `julia-fcgi ARGS` as a command, its JSON report and its exit code.
+fn status_json(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let out = run(args);
+    let json = serde_json::from_str(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.code, json, out.stderr)
+}
+
+#[test]
+fn status_asks_where_status_listen_and_the_config_say() {
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = common::Daemon::start(common::Options {
+        extra_args: vec!["--status-listen".into(), addr.clone()],
+        ..common::Options::default()
+    });
+    // The runtime directory has no status socket: asking there would fail.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let runtime = elsewhere.path().to_str().unwrap();
+    let cfg = elsewhere.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!("status_listen = {addr:?}\nruntime_dir = {runtime:?}\n"),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    for args in [
+        vec![
+            "--status-listen",
+            &addr,
+            "--runtime-dir",
+            runtime,
+            "status",
+            "--json",
+        ],
+        vec![
+            "--runtime-dir",
+            runtime,
+            "status",
+            "--json",
+            "--status-listen",
+            &addr,
+        ],
+        vec!["-c", cfg, "status", "--json"],
+        vec!["status", "--json", "-c", cfg],
+        // The flag wins over the file.
+        vec!["-c", cfg, "--status-listen", &addr, "status", "--json"],
+    ] {
+        let (code, json, stderr) = status_json(&args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert_eq!(json["total processes"], 1, "{args:?}: {json}");
+    }
+    let (code, _, stderr) = status_json(&["--runtime-dir", runtime, "status"]);
+    assert_eq!(code, Some(1), "nothing listens in {runtime}: {stderr}");
+    assert!(stderr.contains("status.sock"), "{stderr}");
+    drop(d);
+}
+
+#[test]
+fn status_refuses_bad_addresses_and_files() {
+    let out = run(&["--status-listen", "10.0.0.1:80", "status"]);
+    assert_usage_error(
+        &out,
+        "invalid value for --status-listen: 10.0.0.1:80: only a unix socket",
+    );
+    assert!(
+        out.stderr.contains("Usage: julia-fcgi status"),
+        "{}",
+        out.stderr
+    );
+    assert_usage_error(
+        &run(&["status", "--status-socket", "nonsense"]),
+        "invalid value for --status-socket: \"nonsense\"",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "status_listen = \"[::]:9001\"\n").unwrap();
+    assert_usage_error(
+        &run(&["-c", cfg.to_str().unwrap(), "status"]),
+        "invalid value for status_listen: [::]:9001",
+    );
+    std::fs::write(&cfg, "status_lisen = \"/x.sock\"\n").unwrap();
+    assert_usage_error(
+        &run(&["-c", cfg.to_str().unwrap(), "status"]),
+        "unknown field `status_lisen`",
+    );
+    assert_usage_error(
+        &run(&["-c", "/nonexistent.toml", "status"]),
+        "cannot read config file /nonexistent.toml",
+    );
+}
+
+/// Runs the daemon with a config file holding `toml`; it must refuse.
+fn refused_config(toml: &str, extra: &[&str], needle: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let mut args = vec!["-c", cfg.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    assert_usage_error(&run_valid_base(&args), needle);
+}
+
+#[test]
+fn durations_and_sizes_the_worker_cannot_take_are_refused() {
+    for (toml, needle) in [
+        (
+            "read_timeout = \"1.5ms\"",
+            "invalid value for read_timeout: \"1.5ms\": expected a whole number of milliseconds",
+        ),
+        ("read_timeout = \"0s\"", "at least 1ms"),
+        (
+            "max_params_bytes = 0",
+            "invalid value for max_params_bytes: 0",
+        ),
+    ] {
+        refused_config(toml, &[], needle);
+    }
+}
+
+#[test]
+fn project_depot_and_preload_are_checked_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let project_file = dir.path().join("Project.toml");
+    std::fs::write(&project_file, "").unwrap();
+    let (empty, file) = (empty.display(), project_file.display());
+    for (toml, needle) in [
+        (
+            "project = \"/nonexistent/proj\"".to_owned(),
+            "invalid value for project: /nonexistent/proj does not exist".to_owned(),
+        ),
+        (
+            format!("project = \"{empty}\""),
+            format!("invalid value for project: {empty} holds no Project.toml"),
+        ),
+        (
+            format!("project = \"{file}\""),
+            "is a file; give the directory that holds the Project.toml".to_owned(),
+        ),
+        (
+            "project = \"proj\"".to_owned(),
+            "invalid value for project: proj: expected an absolute path".to_owned(),
+        ),
+        (
+            "depot = \"depot\"".to_owned(),
+            "invalid value for depot: depot: expected an absolute path".to_owned(),
+        ),
+        ("depot = \"/a:/b\"".to_owned(), "without ':'".to_owned()),
+        (
+            "preload = [\"My-Lib\"]".to_owned(),
+            "invalid value for preload: \"My-Lib\" is not a package name".to_owned(),
+        ),
+        (
+            "preload = [\"MyLib.jl\"]".to_owned(),
+            "write the package's name, \"MyLib\"".to_owned(),
+        ),
+        (
+            "preload = [\"Dates\", \"Dates\"]".to_owned(),
+            "\"Dates\" is listed twice".to_owned(),
+        ),
+    ] {
+        refused_config(&toml, &[], &needle);
+    }
+}
+
+#[test]
+fn a_depot_the_service_user_cannot_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
+    let depot = dir.path().join("depot");
+    let toml = format!("depot = {:?}", depot.display().to_string());
+    if nix::unistd::geteuid().is_root() {
+        // Root may write anywhere; the workers' user may not.
+        let Some(user) = common_unprivileged_user() else {
+            eprintln!("skipped: no unprivileged user (www-data, nobody) to run as");
+            return;
+        };
+        let needle = format!("is not writable by user {user}");
+        refused_config(&toml, &["-u", &user], &needle);
+    } else {
+        refused_config(&toml, &[], "is not writable by this user");
+    }
+}
+
+/// An unprivileged user that exists here.
+fn common_unprivileged_user() -> Option<String> {
+    ["www-data", "nobody"]
+        .into_iter()
+        .find(|name| nix::unistd::User::from_name(name).ok().flatten().is_some())
+        .map(String::from)
+}
