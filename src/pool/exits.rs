@@ -2,11 +2,10 @@
 //! successor, or a slot's current worker), why (`EXITING`, a policy, a crash,
 //! the OOM killer), what to say about it, and when to replace it.
 
-use std::time::Duration;
-
 use tokio::time::Instant;
 
-use super::{Pool, PoolError, SlotState, CRASH_WINDOW, MAX_BACKOFF, START_ATTEMPTS};
+use super::restart::{End, Next, STORM_WINDOW};
+use super::{Pool, PoolError, SlotState};
 use crate::scoreboard::Snapshot;
 use crate::worker::Exit;
 
@@ -68,9 +67,6 @@ impl Pool {
     /// A worker that never became ready: retried with back-off, and fatal
     /// before the pool ever served (a setup error, not bad luck).
     fn failed_start(&mut self, index: usize, exit: &Exit, how: &str) -> Result<(), PoolError> {
-        let ever_ready = self.ever_ready;
-        let slot = &mut self.slots[index];
-        slot.start_failures += 1;
         tracing::error!(
             worker = exit.slot,
             worker_pid = exit.pid,
@@ -79,17 +75,18 @@ impl Pool {
             exit.pid,
             stderr_text(exit)
         );
-        if !ever_ready && slot.start_failures >= START_ATTEMPTS {
+        let now = Instant::now();
+        let slot = &mut self.slots[index];
+        let next = slot.history.next(End::BeforeReady, now, self.ever_ready);
+        if let Next::GiveUp { failures } = next {
             return Err(PoolError::CannotStart {
-                attempts: slot.start_failures,
+                attempts: failures,
                 cause: format!("the last one {how}; last stderr line: {}", last_line(exit)),
             });
         }
-        let delay = backoff(slot.start_failures);
+        let delay = next.delay();
         tracing::warn!(worker = exit.slot, "next start in {delay:?}");
-        slot.state = SlotState::Waiting {
-            until: Instant::now() + delay,
-        };
+        slot.state = SlotState::Waiting { until: now + delay };
         Ok(())
     }
 
@@ -108,13 +105,18 @@ impl Pool {
             exit.slot,
             exit.pid
         );
-        self.slots[index].state = SlotState::Waiting {
-            until: Instant::now(),
+        let now = Instant::now();
+        let slot = &mut self.slots[index];
+        let next = slot.history.next(End::Left, now, self.ever_ready);
+        slot.state = SlotState::Waiting {
+            until: now + next.delay(),
         };
     }
 
-    /// A worker that died: replaced at once the first time, with growing
-    /// pauses when its slot keeps dying within [`CRASH_WINDOW`].
+    /// A ready worker that died: replaced at once (a page that kills its
+    /// worker must not cost the pool capacity), unless its slot dies faster
+    /// than a worker can warm up and serve: a fork storm, slowed down by
+    /// seconds at most.
     fn died(&mut self, index: usize, exit: &Exit, how: &str) {
         let oom = exit
             .memory
@@ -127,42 +129,25 @@ impl Pool {
         }
         let now = Instant::now();
         let slot = &mut self.slots[index];
-        slot.crashes.push_back(now);
-        while slot
-            .crashes
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW)
-        {
-            slot.crashes.pop_front();
-        }
-        let recent = slot.crashes.len() as u32;
-        let delay = match recent {
-            0 | 1 => Duration::ZERO,
-            n => backoff(n - 1),
-        };
+        let next = slot.history.next(End::Died, now, self.ever_ready);
         let (number, pid) = (exit.slot, exit.pid);
-        if delay.is_zero() {
-            tracing::error!(
+        match &next {
+            Next::Storm { delay, deaths } => tracing::error!(
+                worker = number,
+                worker_pid = pid,
+                "worker died: worker {number} (pid {pid}) {how}; {deaths} deaths in \
+                 {STORM_WINDOW:?}, fork storm guard: next start in {delay:?}"
+            ),
+            _ => tracing::error!(
                 worker = number,
                 worker_pid = pid,
                 "worker died: worker {number} (pid {pid}) {how}; replacing it"
-            );
-        } else {
-            tracing::error!(
-                worker = number,
-                worker_pid = pid,
-                "worker died: worker {number} (pid {pid}) {how}; {recent} deaths in \
-                 {CRASH_WINDOW:?}, crash loop: next start in {delay:?}"
-            );
+            ),
         }
-        slot.state = SlotState::Waiting { until: now + delay };
+        slot.state = SlotState::Waiting {
+            until: now + next.delay(),
+        };
     }
-}
-
-/// 1 s, 2 s, 4 s, … up to [`MAX_BACKOFF`] for the n-th failure in a row.
-pub fn backoff(failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(16);
-    Duration::from_secs(1u64 << exponent).min(MAX_BACKOFF)
 }
 
 /// "exited with status 1", "killed by SIGSEGV".
@@ -253,15 +238,6 @@ mod tests {
                 Some("536870912".into()),
             )),
         }
-    }
-
-    #[test]
-    fn backoff_doubles_to_a_cap() {
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(2), Duration::from_secs(2));
-        assert_eq!(backoff(3), Duration::from_secs(4));
-        assert_eq!(backoff(10), MAX_BACKOFF);
-        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
     }
 
     #[test]

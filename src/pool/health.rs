@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::restart::STORM_WINDOW;
 use super::{Event, Phase, Pool, SlotState, OVERDUE};
 
 impl Pool {
@@ -60,15 +61,24 @@ impl Pool {
         if self.cgroups_off.is_some() {
             text.push_str("; per-worker cgroups off");
         }
-        let backing_off: Vec<String> = self
+        // Slots waiting out a pause, and why: the operator's first question.
+        let now = Instant::now();
+        let waiting: Vec<String> = self
             .slots
             .iter()
-            .filter(|s| s.crashes.len() > 1 && matches!(s.state, SlotState::Waiting { .. }))
-            .map(|s| format!("worker {} ({} crashes)", s.number, s.crashes.len()))
+            .filter(|s| matches!(s.state, SlotState::Waiting { until } if until > now))
+            .map(|s| match s.history.start_failures() {
+                0 => format!(
+                    "worker {} ({} deaths in {STORM_WINDOW:?}, fork storm guard)",
+                    s.number,
+                    s.history.recent_deaths(now)
+                ),
+                n => format!("worker {} cannot start ({n} failures)", s.number),
+            })
             .collect();
-        if !backing_off.is_empty() {
-            text.push_str("; crash loop, backing off: ");
-            text.push_str(&backing_off.join(", "));
+        if !waiting.is_empty() {
+            text.push_str("; backing off: ");
+            text.push_str(&waiting.join(", "));
         }
         text
     }

@@ -1,25 +1,26 @@
 //! The supervisor: keeps `N` workers alive, replaces the ones that die, backs
-//! off from crash loops, rolls the pool over on reload, and stops it
-//! gracefully. It also tells systemd how things are ([`Notifier`]).
+//! off from workers that cannot start, rolls the pool over on reload, and
+//! stops it gracefully. It also tells systemd how things are ([`Notifier`]).
 //!
 //! Each worker slot is a small state machine ([`SlotState`]); worker events,
 //! timers, reloads and the stop signal move it, all from one loop that never
 //! waits on a worker.
 //!
-//! Failure policy, and why:
-//! - A worker that dies after it was ready is replaced at once the first
-//!   time: one crash must not cost capacity. Repeated crashes of a slot within
-//!   [`CRASH_WINDOW`] back off exponentially up to [`MAX_BACKOFF`], said in
-//!   the log and in `STATUS=`, so a page that kills its worker cannot make a
-//!   restart storm. The master never exits over crashes: systemd would only
-//!   restart it into the same storm.
+//! Failure policy ([`restart`] has the rules and why):
+//! - A worker that dies after it was ready is replaced at once, every time:
+//!   a page that crashes its worker must not cost the other requests
+//!   capacity. Only a slot dying more often than a worker can warm up and
+//!   serve (a fork storm) waits, seconds at most, said in the log. The
+//!   master never exits over crashes: systemd would only restart it into the
+//!   same storm.
 //! - A worker that cannot start (bad worker file, broken Julia) is reported
-//!   with its stderr. Before any worker was ever ready that is a setup error:
-//!   after [`START_ATTEMPTS`] failures the master exits with the cause rather
-//!   than retrying silently forever. Once the pool has served, start failures
-//!   are retried with back-off while the others keep serving.
+//!   with its stderr and retried with exponential back-off. Before any worker
+//!   was ever ready that is a setup error: after [`START_ATTEMPTS`] failures
+//!   the master exits with the cause rather than retrying silently forever.
+//! - Whatever a worker started dies with it: its cgroup is killed, or
+//!   without cgroups its process group, and the master (a child subreaper
+//!   then) kills and reaps the orphans that left the group ([`orphans`]).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,15 +37,10 @@ mod exits;
 mod health;
 mod policy;
 mod reload;
+pub mod restart;
 
-use exits::backoff;
-
-/// Crashes of one slot counted together for back-off.
-pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
-/// The longest pause before a replacement is started.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Failed starts in a row, before the pool ever was ready, that end the master.
-pub const START_ATTEMPTS: u32 = 3;
+use restart::{End, History, Next};
+pub use restart::{MAX_BACKOFF, START_ATTEMPTS};
 /// While starting or reloading, systemd's timeout is pushed this far ahead…
 const EXTEND_BY: Duration = Duration::from_secs(30);
 /// …this often, for as long as workers are still warming up.
@@ -84,7 +80,8 @@ enum SlotState {
     Starting { handle: Handle, deadline: Instant },
     /// Ready and accepting connections.
     Running { handle: Handle },
-    /// Waiting out a back-off before the next start.
+    /// Waiting out a back-off (or nothing: `until` is now) before the next
+    /// start.
     Waiting { until: Instant },
 }
 
@@ -96,10 +93,8 @@ struct Slot {
     generation: u64,
     /// A new-generation worker warming up to take this slot over (reload).
     successor: Option<(Handle, Instant)>,
-    /// When this slot's recent unplanned deaths happened.
-    crashes: VecDeque<Instant>,
-    /// Failed starts since the last successful one.
-    start_failures: u32,
+    /// Its failed starts and recent deaths, for the restart policy.
+    history: History,
     /// What the current worker's scoreboard slot said last.
     last: Option<Snapshot>,
     /// The policy that is ending the current worker on purpose (request
@@ -128,8 +123,7 @@ impl Slot {
             },
             generation,
             successor: None,
-            crashes: VecDeque::new(),
-            start_failures: 0,
+            history: History::default(),
             last: None,
             ending: None,
             slow_logged: None,
@@ -248,7 +242,7 @@ impl Pool {
         let mut scan = tokio::time::interval(policy::SCAN_EVERY);
         scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.start_due();
+            self.start_due()?;
             self.advance_reload();
             self.update_status();
             let deadline = self.next_deadline();
@@ -271,13 +265,14 @@ impl Pool {
     }
 
     /// Starts every slot whose back-off is over.
-    fn start_due(&mut self) {
+    fn start_due(&mut self) -> Result<(), PoolError> {
         let now = Instant::now();
         for index in 0..self.slots.len() {
             if matches!(self.slots[index].state, SlotState::Waiting { until } if until <= now) {
-                self.start(index);
+                self.start(index)?;
             }
         }
+        Ok(())
     }
 
     /// Spawns a worker for slot `number` with a scoreboard slot of its own.
@@ -303,7 +298,7 @@ impl Pool {
         }
     }
 
-    fn start(&mut self, index: usize) {
+    fn start(&mut self, index: usize) -> Result<(), PoolError> {
         let number = self.slots[index].number;
         match self.spawn_worker(number) {
             Ok(handle) => {
@@ -321,18 +316,23 @@ impl Pool {
                 };
             }
             Err(e) => {
-                tracing::error!(
-                    worker = number,
-                    "cannot start {}: {e}",
-                    self.spec.julia.display()
-                );
+                let cause = format!("cannot start {}: {e}", self.spec.julia.display());
+                tracing::error!(worker = number, "{cause}");
+                let now = Instant::now();
                 let slot = &mut self.slots[index];
-                slot.start_failures += 1;
+                let next = slot.history.next(End::BeforeReady, now, self.ever_ready);
+                if let Next::GiveUp { failures } = next {
+                    return Err(PoolError::CannotStart {
+                        attempts: failures,
+                        cause,
+                    });
+                }
                 slot.state = SlotState::Waiting {
-                    until: Instant::now() + backoff(slot.start_failures),
+                    until: now + next.delay(),
                 };
             }
         }
+        Ok(())
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -418,7 +418,7 @@ impl Pool {
             let (successor, _) = slot.successor.take().expect("checked just above");
             let old = std::mem::replace(&mut slot.state, SlotState::Running { handle: successor });
             slot.generation = generation;
-            slot.start_failures = 0;
+            slot.history.ready();
             slot.ending = None;
             slot.slow_logged = None;
             if let Some(last) = slot.last.take() {
@@ -437,7 +437,7 @@ impl Pool {
             }
             let handle = take_handle(&mut slot.state);
             slot.state = SlotState::Running { handle };
-            slot.start_failures = 0;
+            slot.history.ready();
             tracing::info!(worker = number, worker_pid = pid, "worker ready");
         }
         self.ever_ready = true;

@@ -100,8 +100,7 @@ impl Pool {
             stderr_text(exit)
         );
         let slot = &mut self.slots[index];
-        slot.start_failures += 1;
-        if slot.start_failures >= START_ATTEMPTS {
+        if slot.history.start_failed() >= START_ATTEMPTS {
             self.abort_reload();
         }
     }
@@ -122,7 +121,8 @@ impl Pool {
         let generation = self.generation;
         for slot in &mut self.slots {
             slot.generation = generation;
-            slot.start_failures = 0;
+            // Its running worker was ready all along.
+            slot.history.ready();
         }
         self.resize();
         self.phase = Phase::Serving;
