@@ -14,7 +14,9 @@ Modules, bottom-up:
 | `Config`    | settings from the environment |
 | `FastCGI`   | wire format: record constants, headers, name-value pairs, builders |
 | `Access`    | access log entries, batched onto the control channel |
-| `Output`    | `ResponseIO` (the page's stdout), CGI headers → STDOUT records |
+| `Output`    | `ResponseIO`: the page's output in order, CGI headers → STDOUT records |
+| `Stdio`     | a page's fds 0–2 and its `stdin`/`stdout`/`stderr` objects, per request |
+| `Isolation` | what a request may leave to the next: tasks, background work, `LOAD_PATH`… |
 | `Env`       | switching `ENV` between the worker's and a request's, by diff |
 | `Transform` | static analysis of a page: handler / compiled / fallback |
 | `Loader`    | parse, plan and load a page into its own module |
@@ -33,14 +35,18 @@ exception becomes a 500 and one log entry.
 """
 module JuliaFCGI
 
-# Base's stdin/stdout/PROGRAM_FILE are plain globals of Base; Julia 1.5 has
-# no `setglobal!`, so define setters inside Base once.
+# Base's stdin/stdout/stderr/PROGRAM_FILE are plain globals of Base; Julia
+# 1.5 has no `setglobal!`, so define setters inside Base once.
 Core.eval(Base, quote
-    function __jfcgi_set_stdio!(i::IO, o::IO)
+    function __jfcgi_set_stdio!(i::IO, o::IO, e::IO)
         global stdin = i
         global stdout = o
+        global stderr = e
         return nothing
     end
+    __jfcgi_set_stdin!(i::IO) = (global stdin = i; nothing)
+    __jfcgi_set_stdout!(o::IO) = (global stdout = o; nothing)
+    __jfcgi_set_stderr!(e::IO) = (global stderr = e; nothing)
     function __jfcgi_set_program_file!(p::String)
         global PROGRAM_FILE = p
         return nothing
@@ -54,6 +60,8 @@ include("Config.jl")
 include("FastCGI.jl")
 include("Access.jl")
 include("Output.jl")
+include("Stdio.jl")
+include("Isolation.jl")
 include("Env.jl")
 include("Transform.jl")
 include("Loader.jl")
@@ -82,7 +90,7 @@ function exit_hook(w::Server.Worker)
     end
     try
         rt.inflight = false
-        Base.__jfcgi_set_stdio!(rt.worker_stdin, rt.worker_stdout)
+        Server.Pages.leave!(rt)
         Output.finish!(rt.resp, 0)
         Posix.closefd(rt.resp.fd)
         Scoreboard.done!(true)
@@ -121,6 +129,8 @@ function main()
         Log.error("fd 0 is not usable (expected the FastCGI listening socket)")
         exit(1)
     end
+    Stdio.init!()
+    Posix.cloexec_inherited!()
     Warmup.run!(settings)
     w = Server.Worker(settings, lfd)
     atexit(() -> exit_hook(w))

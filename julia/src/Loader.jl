@@ -280,15 +280,15 @@ streams were current before, even when `f` throws.
 """
 function capture(f)
     cap = ResponseIO(-1, 0)
-    old_in, old_out = stdin, stdout
-    Base.__jfcgi_set_stdio!(IOBuffer(UInt8[]), cap)
+    old_in, old_out, old_err = stdin, stdout, stderr
+    Base.__jfcgi_set_stdio!(IOBuffer(UInt8[]), cap, old_err)
     try
         v = f()
         return (v, Output.take_output!(cap))
     finally
-        Base.__jfcgi_set_stdio!(old_in, old_out)
+        Base.__jfcgi_set_stdio!(old_in, old_out, old_err)
         # Only left over when f threw: still worth seeing next to the error.
-        cap.len > 0 && Log.info("output of a page while it was loaded: " *
+        cap.buf.len > 0 && Log.info("output of a page while it was loaded: " *
                                 Output.take_output!(cap))
     end
 end

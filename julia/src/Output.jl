@@ -1,10 +1,13 @@
 """
     Output
 
-What a page prints becomes the response. [`ResponseIO`](@ref) is the `IO` a
-page sees as `stdout`: it buffers into a reused byte vector and, at the end of
-the request, turns the CGI output (header lines, a blank line, the body) into
-FastCGI STDOUT records plus END_REQUEST, sent with one `write(2)`. Output past
+What a page prints becomes the response. [`ResponseIO`](@ref) assembles it:
+the bytes the page writes through its `stdout` object (`Stdio.PageStdout`)
+and, in their place among them, whatever else reached the page's fd 1 — child
+processes, C `printf` — which lands in a memory file (`Stdio`) and is taken
+in each time the page writes (see [`sync!`](@ref)). At the end of the
+request the CGI output (header lines, a blank line, the body) becomes FastCGI
+STDOUT records plus END_REQUEST, sent with one `write(2)`. Output past
 [`STREAM_THRESHOLD`](@ref) is streamed as it comes, so a large page does not
 sit in memory.
 """
@@ -17,22 +20,28 @@ using ..FastCGI: ByteBuf, add!, put_header!, put_padding!, padding, put_stream!,
 
 """Buffered output beyond this many bytes is sent right away (streaming)."""
 const STREAM_THRESHOLD = 256 * 1024
+"""`flush(stdout)` sends what is pending once the request has run this long
+(a page that flushes after every line of a quick response stays one write)."""
+const FLUSH_AFTER_NS = 20_000_000
 
 const DEFAULT_CONTENT_TYPE = "Content-Type: text/html; charset=utf-8\r\n"
 const CRLF = "\r\n"
+const STATUS_302 = "Status: 302 Found\r\n"
 
 """
     ResponseIO(fd, rid)
 
-The page's `stdout` for one request on connection `fd` (request id `rid`).
-With `fd < 0` it only captures (used for output a page prints while it is
-loaded, which goes to the log).
+The response of one request on connection `fd` (request id `rid`). With
+`fd < 0` it only captures. `mfd` is the memory file that is the page's fd 1
+(-1: none), `mseen` how much of it has been taken in.
 """
 mutable struct ResponseIO <: IO
-    buf::Vector{UInt8}   # page output not sent yet
-    len::Int
+    buf::ByteBuf         # output not sent yet
     fd::Cint             # the FastCGI connection, or -1: capture only
     rid::Int
+    mfd::Cint
+    mseen::Int
+    started::UInt64      # time_ns() at reset!: when flush() starts streaming
     streamed::Bool       # the header block (and some body) has been sent
     broken::Bool         # the client went away: discard further output
     out::ByteBuf         # records being assembled for one write(2)
@@ -41,72 +50,125 @@ mutable struct ResponseIO <: IO
 end
 
 ResponseIO(fd::Integer=-1, rid::Integer=0) =
-    ResponseIO(Vector{UInt8}(undef, 16 * 1024), 0, Cint(fd), Int(rid), false, false,
+    ResponseIO(ByteBuf(16 * 1024), Cint(fd), Int(rid), Cint(-1), 0, UInt64(0), false, false,
                ByteBuf(16 * 1024), ByteBuf(1024), "")
 
-"""Prepare `io` for a new request (buffers are kept, oversized ones shrunk)."""
-function reset!(io::ResponseIO, fd::Integer, rid::Integer)
-    io.len = 0
-    if length(io.buf) > 4 * STREAM_THRESHOLD
-        io.buf = Vector{UInt8}(undef, 16 * 1024)
-    end
+"""Prepare `io` for a new request (buffers are kept, oversized ones shrunk).
+`mfd`/`mseen`: the page's fd 1 file and how much of it is old news."""
+function reset!(io::ResponseIO, fd::Integer, rid::Integer; mfd::Integer=-1, mseen::Integer=0)
+    FastCGI.shrink!(FastCGI.reset!(io.buf), 4 * STREAM_THRESHOLD)
     FastCGI.shrink!(FastCGI.reset!(io.out), 4 * STREAM_THRESHOLD)
     FastCGI.reset!(io.hdr)
     io.fd = Cint(fd)
     io.rid = Int(rid)
+    io.mfd = Cint(mfd)
+    io.mseen = Int(mseen)
+    io.started = time_ns()
     io.streamed = false
     io.broken = false
     io.err = ""
     return io
 end
 
-# ------------------------------------------------------------- IO interface
+# ------------------------------------------------------------- page output
 
-@inline function reserve!(io::ResponseIO, n::Int)
-    need = io.len + n
-    if need > length(io.buf)
-        resize!(io.buf, max(need, 2 * length(io.buf)))
+"""
+    sync!(io)
+
+Take in what others (child processes, C stdio) wrote to the page's fd 1
+since the last look, in its place: after everything the page printed
+before. One `lseek(2)`; called before each of the page's writes (each
+`print` call), before a child is given the page's stdout, and at the end.
+"""
+@inline function sync!(io::ResponseIO)
+    io.mfd < 0 && return nothing
+    size = Posix.file_end(io.mfd)
+    size > io.mseen && absorb!(io, size)
+    return nothing
+end
+
+function absorb!(io::ResponseIO, size::Int)
+    n = size - io.mseen
+    b = io.buf
+    FastCGI.reserve!(b, n)
+    got = GC.@preserve b Posix.pread_all(io.mfd, pointer(b.data, b.len + 1), n, io.mseen)
+    got > 0 && (b.len += got)
+    io.mseen = size
+    maybe_stream!(io)
+    return nothing
+end
+
+"""The page's own bytes, after whatever reached its fd 1 before them."""
+function page_write!(io::ResponseIO, p::Ptr{UInt8}, n::Int, check::Bool)
+    check && sync!(io)
+    io.broken && return n
+    add!(io.buf, p, n)
+    maybe_stream!(io)
+    return n
+end
+
+function page_write!(io::ResponseIO, x::UInt8, check::Bool)
+    check && sync!(io)
+    io.broken && return 1
+    add!(io.buf, x)
+    maybe_stream!(io)
+    return 1
+end
+
+@inline maybe_stream!(io::ResponseIO) =
+    (io.buf.len >= STREAM_THRESHOLD && io.fd >= 0 && stream!(io); nothing)
+
+"""
+    page_flush!(io)
+
+`flush(stdout)` of a page: send what is pending when the request has run for
+[`FLUSH_AFTER_NS`](@ref) (a long response streams; a quick page that
+flushes often stays one write).
+"""
+function page_flush!(io::ResponseIO)
+    sync!(io)
+    if io.fd >= 0 && !io.broken && io.buf.len > 0 && time_ns() - io.started >= FLUSH_AFTER_NS
+        stream!(io)
     end
     return nothing
 end
 
+# The worker's own writes into the response (error pages, tests).
 function Base.unsafe_write(io::ResponseIO, p::Ptr{UInt8}, n::UInt)
-    m = Int(n)
-    io.broken && return m
-    reserve!(io, m)
-    GC.@preserve io unsafe_copyto!(pointer(io.buf, io.len + 1), p, m)
-    io.len += m
-    io.len >= STREAM_THRESHOLD && io.fd >= 0 && stream!(io)
-    return m
+    io.broken && return Int(n)
+    add!(io.buf, p, Int(n))
+    maybe_stream!(io)
+    return Int(n)
 end
 
 function Base.write(io::ResponseIO, x::UInt8)
     io.broken && return 1
-    reserve!(io, 1)
-    @inbounds io.buf[io.len += 1] = x
-    io.len >= STREAM_THRESHOLD && io.fd >= 0 && stream!(io)
+    add!(io.buf, x)
+    maybe_stream!(io)
     return 1
 end
 
 Base.isopen(::ResponseIO) = true
 Base.iswritable(::ResponseIO) = true
 Base.isreadable(::ResponseIO) = false
-# flush is deliberately a no-op: a page that flushes after every line would
-# otherwise turn a small response into many writes. Output is sent at the
-# end, or as soon as STREAM_THRESHOLD bytes are pending.
 Base.flush(::ResponseIO) = nothing
-# A page closing stdout must not break the response.
 Base.close(::ResponseIO) = nothing
 
 """The captured output as a String (capture mode), emptying the buffer."""
 function take_output!(io::ResponseIO)::String
-    s = GC.@preserve io unsafe_string(pointer(io.buf), io.len)
-    io.len = 0
+    b = io.buf
+    s = GC.@preserve b unsafe_string(pointer(b.data), b.len)
+    b.len = 0
     return s
 end
 
-"""Drop everything buffered (a page failed; an error response replaces it)."""
-discard!(io::ResponseIO) = (io.len = 0; io)
+"""Drop everything buffered (a page failed; an error response replaces it),
+including what others wrote to the page's fd 1 so far."""
+function discard!(io::ResponseIO)
+    io.mfd >= 0 && (io.mseen = max(io.mseen, Posix.file_end(io.mfd)))
+    FastCGI.reset!(io.buf)
+    return io
+end
 
 # ------------------------------------------------------------- CGI headers
 
@@ -166,12 +228,15 @@ end
     normalize_headers!(hdr, buf, hdr_end)
 
 Write the header block `buf[1:hdr_end]` to `hdr` as `Name: value\\r\\n` lines
-(`Status:` is passed on: nginx understands it), add the default
-`Content-Type` when the page gave none, and end with the blank line.
+(`Status:` is passed on: every front end understands it), add the default
+`Content-Type` when the page gave none and `Status: 302 Found` when it gave
+a `Location:` without a `Status:` (a CGI redirect: nginx makes it a 302
+itself, Apache and HAProxy would answer 200 with an empty body), and end
+with the blank line.
 """
 function normalize_headers!(hdr::ByteBuf, buf::Vector{UInt8}, hdr_end::Int)
     FastCGI.reset!(hdr)
-    has_type = false
+    has_type = has_status = has_location = false
     i = 1
     while i <= hdr_end
         nl = something(findnext(isequal(UInt8('\n')), buf, i), hdr_end + 1)
@@ -179,6 +244,8 @@ function normalize_headers!(hdr::ByteBuf, buf::Vector{UInt8}, hdr_end::Int)
         stop >= i && @inbounds(buf[stop]) == UInt8('\r') && (stop -= 1)
         colon = findnext(isequal(UInt8(':')), buf, i)::Int
         has_type |= name_is(buf, i, colon - 1, "content-type")
+        has_status |= name_is(buf, i, colon - 1, "status")
+        has_location |= name_is(buf, i, colon - 1, "location")
         v = colon + 1
         while v <= stop && (@inbounds(buf[v]) == UInt8(' ') || @inbounds(buf[v]) == UInt8('\t'))
             v += 1
@@ -192,6 +259,7 @@ function normalize_headers!(hdr::ByteBuf, buf::Vector{UInt8}, hdr_end::Int)
         i = nl + 1
     end
     has_type || add!(hdr, DEFAULT_CONTENT_TYPE)
+    has_location && !has_status && add!(hdr, STATUS_302)
     add!(hdr, CRLF)
     return hdr
 end
@@ -259,16 +327,17 @@ end
 """Append the records for everything buffered: header block first when it
 has not been sent yet."""
 function put_pending!(io::ResponseIO)
+    b = io.buf
     if io.streamed
-        io.len > 0 && GC.@preserve io put_stream!(io.out, FastCGI.STDOUT, io.rid,
-                                                  pointer(io.buf), io.len)
+        b.len > 0 && GC.@preserve b put_stream!(io.out, FastCGI.STDOUT, io.rid,
+                                                pointer(b.data), b.len)
     else
-        hdr_end, body_start = header_block(io.buf, io.len)
-        normalize_headers!(io.hdr, io.buf, max(hdr_end, 0))
-        put_stdout!(io.out, io.rid, io.hdr, io.buf, body_start, io.len)
+        hdr_end, body_start = header_block(b.data, b.len)
+        normalize_headers!(io.hdr, b.data, max(hdr_end, 0))
+        put_stdout!(io.out, io.rid, io.hdr, b.data, body_start, b.len)
         io.streamed = true
     end
-    io.len = 0
+    b.len = 0
     return io
 end
 
@@ -298,6 +367,7 @@ END_REQUEST — one `write(2)` for a small response. Returns `false` when the
 client had gone away.
 """
 function finish!(io::ResponseIO, app_status::Integer=0)::Bool
+    sync!(io)
     FastCGI.reset!(io.out)
     if !isempty(io.err)
         put_stream!(io.out, FastCGI.STDERR, io.rid, io.err)
@@ -321,6 +391,7 @@ function error_response!(io::ResponseIO, status::AbstractString, body::AbstractS
     io.err = String(stderr_msg)
     io.streamed && return io
     discard!(io)
+    io.mfd = Cint(-1)          # nothing more of the page's fd 1 belongs in it
     write(io, "Status: ", status, CRLF,
           "Content-Type: text/plain; charset=utf-8", CRLF, CRLF, body)
     return io

@@ -3,9 +3,10 @@
 
 The CGI runtime: given one request's params and body, find the page
 (SCRIPT_FILENAME), check it may be served, and run it with the request's
-environment in place — `ENV` = the params, `stdin` = the body, `stdout` = the
-response, working directory = the page's directory, `PROGRAM_FILE` = the
-page — restoring the worker's own state afterwards. Pages are cached by path
+environment in place — `ENV` = the params, fds 0–2 and `stdin`/`stdout`/
+`stderr` the request's (see `Stdio`), working directory = the page's
+directory, `PROGRAM_FILE` = the page — restoring the worker's own state
+afterwards. Pages are cached by path
 and reloaded when their (device, inode, size, mtime) changes, or that of a
 file they included when they were loaded.
 """
@@ -17,6 +18,8 @@ using ..Config: Settings
 using ..Output
 using ..Output: ResponseIO
 using ..Env
+using ..Stdio
+using ..Isolation
 using ..Loader
 using ..Loader: Page, PageExit
 
@@ -32,11 +35,17 @@ mutable struct Runtime
     cwd::String              # our idea of the working directory
     worker_stdin::IO
     worker_stdout::IO
+    worker_stderr::IO
+    streams::Union{Stdio.Streams,Nothing}   # the request's, while a page runs
     program_file::String
     inflight::Bool           # a page is running (for the exit() safety net)
     resp::ResponseIO         # the response being produced
     exit_code::Int           # >= 0: a page called exit(); stop after this request
+    retiring::String         # why the worker stops after this request ("": exit())
     source_path::Any         # task-local SOURCE_PATH outside requests
+    baseline::Isolation.Baseline
+    warned_tasks::Set{String}   # pages already told that their tasks were stopped
+    collect::Bool            # a page left streams of its own behind: GC when idle
 end
 
 # The working directory can be gone (deleted under us): then we do not know
@@ -48,15 +57,29 @@ end
 
 function Runtime(settings::Settings)
     cwd = current_dir()
-    return Runtime(settings, Dict{String,Page}(), Env.EnvState(), cwd, stdin, stdout,
-                   Base.PROGRAM_FILE, false, ResponseIO(), -1, nothing)
+    Stdio.remember_worker_streams!(stdin, stdout, stderr)
+    return Runtime(settings, Dict{String,Page}(), Env.EnvState(), cwd, stdin, stdout, stderr,
+                   nothing, Base.PROGRAM_FILE, false, ResponseIO(), -1, "", nothing,
+                   Isolation.baseline(), Set{String}(), false)
 end
 
-"""Between requests: give the process its own environment back."""
-idle!(rt::Runtime) = Env.restore!(rt.env)
+"""
+Between requests: give the process its own environment and fds back, and
+collect the garbage a page left (streams it left in place hold descriptors
+until their finalizers run).
+"""
+function idle!(rt::Runtime)
+    Env.restore!(rt.env)
+    Stdio.restore!()
+    if rt.collect
+        rt.collect = false
+        GC.gc(false)     # young objects, where such streams are: fast
+    end
+    return nothing
+end
 
-"""Is the worker's own environment in place?"""
-isidle(rt::Runtime) = Env.isrestored(rt.env)
+"""Are the worker's own environment and fds in place?"""
+isidle(rt::Runtime) = Env.isrestored(rt.env) && Stdio.isrestored() && !rt.collect
 
 # ------------------------------------------------------------------ checks
 
@@ -129,6 +152,7 @@ function run!(rt::Runtime, page::Union{Page,Nothing}, path::String, st::Base.Sta
               params::Dict{String,String}, body::Vector{UInt8}, resp::ResponseIO)::Int
     nhooks = length(Base.atexit_hooks)
     err, bt = nothing, nothing
+    mark = nothing
     try
         enter!(rt, params, body, resp, path)
         try
@@ -137,6 +161,9 @@ function run!(rt::Runtime, page::Union{Page,Nothing}, path::String, st::Base.Sta
                 page = Loader.load(path, st)
                 rt.cache[path] = page
             end
+            # Tasks a handler page's top level started live with the page;
+            # from here on they are the request's.
+            mark = Isolation.enter()
             call_page(page)
         catch e
             err, bt = e, catch_backtrace()
@@ -146,8 +173,34 @@ function run!(rt::Runtime, page::Union{Page,Nothing}, path::String, st::Base.Sta
         run_atexit_hooks!(rt, nhooks, params)
         return err === nothing ? 0 : failed!(rt, err, bt, params)
     finally
+        mark === nothing || left_behind!(rt, mark, params)
         leave!(rt)
     end
+end
+
+"""
+After the page: its tasks still waiting to run are stopped, and background
+work it left running (timers, processes, sockets being read) retires this
+worker after the response, so none of it runs during another request.
+Loading a package may start such work for good: a request that loaded one
+is let be.
+"""
+function left_behind!(rt::Runtime, mark::Isolation.Mark, params)
+    parked, handles = Isolation.leave(mark)
+    if parked > 0 && !(params["SCRIPT_FILENAME"] in rt.warned_tasks)
+        push!(rt.warned_tasks, params["SCRIPT_FILENAME"])
+        Log.warn("page left $parked task(s) waiting to run after its response; they were " *
+                 "stopped: a page's tasks end with its request (this is said once per page)",
+                 request_fields(params)...)
+    end
+    if handles > 0 && length(Base.loaded_modules) == mark.modules && rt.exit_code < 0
+        Log.warn("page left background work running ($handles timer(s), process(es) or " *
+                 "stream(s)); this worker is replaced after the response so that it cannot " *
+                 "run during another request", request_fields(params)...)
+        rt.exit_code = 0
+        rt.retiring = "page left background work running"
+    end
+    return nothing
 end
 
 # Dispatch on the page kind; the page's own code is always called through
@@ -164,14 +217,17 @@ function call_page(page::Page)
     return nothing
 end
 
-"""Put the request's world in place: ENV, stdin, stdout, cwd, PROGRAM_FILE."""
+"""Put the request's world in place: ENV, fds 0–2 and the streams, cwd,
+PROGRAM_FILE."""
 function enter!(rt::Runtime, params::Dict{String,String}, body::Vector{UInt8},
                 resp::ResponseIO, path::String)
     Env.switch!(rt.env, params)
     rt.resp = resp
     rt.inflight = true
     Loader.EXIT_REQUEST[] = -1
-    Base.__jfcgi_set_stdio!(IOBuffer(body), resp)
+    s = Stdio.open_streams(body, resp, request_fields(params))
+    rt.streams = s
+    Base.__jfcgi_set_stdio!(s.stdin, s.stdout, s.stderr)
     Base.__jfcgi_set_program_file!(path)
     # As under `julia page.jl`: Base.source_path() is the page, so relative
     # includes resolve against it (and against an included file inside it).
@@ -202,9 +258,16 @@ function is_parent_dir(dir::String, path::String)::Bool
                                         pointer(dir), pointer(path), n) == 0
 end
 
-"""Give the worker its streams and PROGRAM_FILE back (ENV: see `idle!`)."""
+"""Give the worker its streams and PROGRAM_FILE back (ENV and fds 0–1:
+see `idle!`)."""
 function leave!(rt::Runtime)
-    Base.__jfcgi_set_stdio!(rt.worker_stdin, rt.worker_stdout)
+    s = rt.streams
+    if s !== nothing
+        rt.collect |= Stdio.close_streams(s, rt.resp)
+        rt.streams = nothing
+    end
+    Isolation.restore_globals!(rt.baseline)
+    Base.__jfcgi_set_stdio!(rt.worker_stdin, rt.worker_stdout, rt.worker_stderr)
     Base.__jfcgi_set_program_file!(rt.program_file)
     tls = task_local_storage()
     rt.source_path === nothing ? delete!(tls, :SOURCE_PATH) : (tls[:SOURCE_PATH] = rt.source_path)

@@ -2,7 +2,9 @@
     Posix
 
 Thin `ccall` wrappers over the few system calls the worker's data path needs:
-`accept4`, `poll`, `read`, `send`/`write`, `close`, `fcntl`, `socketpair`.
+`accept4`, `poll`, `read`, `send`/`write`, `close`, `fcntl`, `socketpair`, and
+for a page's standard streams `memfd_create`, `dup`/`dup2`, `lseek`,
+`pread`/`pwrite`, `ftruncate`, `waitid`, `getrusage`.
 
 Why raw calls instead of `Sockets`: the worker shares a listening socket with
 other processes and must decide *itself* when to accept (never after a STOP),
@@ -33,7 +35,14 @@ const F_SETFL    = Cint(4)
 const FD_CLOEXEC = Cint(1)
 const F_DUPFD_CLOEXEC = Cint(1030)
 const O_RDONLY   = Cint(0)
+const O_WRONLY   = Cint(1)
 const O_NONBLOCK = Cint(0o4000)
+const O_APPEND   = Cint(0o2000)
+const O_CLOEXEC  = Cint(0o2000000)
+
+const SEEK_SET = Cint(0)
+const SEEK_END = Cint(2)
+const MFD_CLOEXEC = Cuint(1)
 
 const AF_UNIX      = Cint(1)
 const SOCK_STREAM  = Cint(1)
@@ -235,6 +244,149 @@ function cwd_is(dir::String)::Bool
     n < length(CWD_BUF) && @inbounds(CWD_BUF[n+1]) == 0x00 || return false
     return GC.@preserve dir ccall(:memcmp, Cint, (Ptr{UInt8}, Ptr{UInt8}, Csize_t),
                                   CWD_BUF, pointer(dir), n) == 0
+end
+
+# ------------------------------------------------------------ page stdio
+
+"""
+    memfd(name) -> fd or -errno
+
+An anonymous in-memory file (`memfd_create`, close-on-exec): what a page's
+fd 1 and fd 0 are during a request (see `Stdio`). Its own descriptor is
+opened `O_APPEND`-free; callers set flags with [`set_append`](@ref).
+"""
+function memfd(name::String)::Cint
+    fd = ccall(:memfd_create, Cint, (Cstring, Cuint), name, MFD_CLOEXEC)
+    return fd >= 0 ? fd : -errno()
+end
+
+"""Add `O_APPEND` to `fd`'s open file description (shared by its dups)."""
+function set_append(fd::Cint)::Bool
+    fl = ccall(:fcntl, Cint, (Cint, Cint), fd, F_GETFL)
+    fl < 0 && return false
+    return ccall(:fcntl, Cint, (Cint, Cint, Cint), fd, F_SETFL, fl | O_APPEND) == 0
+end
+
+"""`dup(2)` onto the lowest free fd ≥ 3, close-on-exec; -errno on failure."""
+function dup_cloexec(fd::Cint)::Cint
+    new = ccall(:fcntl, Cint, (Cint, Cint, Cint), fd, F_DUPFD_CLOEXEC, 3)
+    return new >= 0 ? new : -errno()
+end
+
+"""`dup2(2)` (the copy is inheritable); `false` on failure."""
+function dup2(from::Cint, to::Cint)::Bool
+    while true
+        r = ccall(:dup2, Cint, (Cint, Cint), from, to)
+        r >= 0 && return true
+        errno() == EINTR || return false
+    end
+end
+
+"""Open `path` (e.g. `/dev/null`) close-on-exec; -errno on failure."""
+function open_cloexec(path::String, flags::Cint)::Cint
+    fd = ccall(:open, Cint, (Cstring, Cint), path, flags | O_CLOEXEC)
+    return fd >= 0 ? fd : -errno()
+end
+
+"""The size of the file open on `fd` (`lseek(fd, 0, SEEK_END)`: one cheap
+system call, no struct to fill), or -errno."""
+function file_end(fd::Cint)::Int
+    r = ccall(:lseek, Int64, (Cint, Int64, Cint), fd, 0, SEEK_END)
+    return r >= 0 ? Int(r) : -Int(errno())
+end
+
+"""Set `fd`'s offset to `off`; `false` on failure."""
+seek_to(fd::Cint, off::Integer)::Bool =
+    ccall(:lseek, Int64, (Cint, Int64, Cint), fd, Int64(off), SEEK_SET) >= 0
+
+"""`pread(2)` all of `n` bytes at `off` into `p`; bytes read (short only at
+end of file), or -errno."""
+function pread_all(fd::Cint, p::Ptr{UInt8}, n::Int, off::Int)::Int
+    got = 0
+    while got < n
+        r = ccall(:pread, Cssize_t, (Cint, Ptr{UInt8}, Csize_t, Int64),
+                  fd, p + got, n - got, off + got)
+        if r > 0
+            got += Int(r)
+        elseif r == 0
+            break
+        elseif errno() != EINTR
+            return -Int(errno())
+        end
+    end
+    return got
+end
+
+"""`pwrite(2)` all of `n` bytes at `off`; 0 or errno."""
+function pwrite_all(fd::Cint, p::Ptr{UInt8}, n::Int, off::Int)::Cint
+    done = 0
+    while done < n
+        r = ccall(:pwrite, Cssize_t, (Cint, Ptr{UInt8}, Csize_t, Int64),
+                  fd, p + done, n - done, off + done)
+        if r >= 0
+            done += Int(r)
+        elseif errno() != EINTR
+            return errno()
+        end
+    end
+    return Cint(0)
+end
+
+"""`ftruncate(2)`; `false` on failure."""
+truncate_to(fd::Cint, len::Integer)::Bool =
+    ccall(:ftruncate, Cint, (Cint, Int64), fd, Int64(len)) == 0
+
+const P_ALL   = Cint(0)
+const WEXITED = Cint(4)
+const WNOHANG = Cint(1)
+const WNOWAIT = Cint(0x01000000)
+const ECHILD  = Cint(10)
+const RUSAGE_CHILDREN = Cint(-1)
+# Reused out-parameters (no allocation per request): siginfo_t is 128
+# bytes, struct rusage 144.
+const SIGINFO = zeros(Int64, 16)
+const RUSAGE = zeros(Int64, 18)
+
+"""
+    has_children() -> Bool
+
+Does this process have a child, running or not yet reaped? (`waitid` with
+`WNOWAIT`: looks without reaping, so libuv still gets every exit status.)
+"""
+function has_children()::Bool
+    r = ccall(:waitid, Cint, (Cint, Cint, Ptr{Int64}, Cint),
+              P_ALL, 0, SIGINFO, WEXITED | WNOHANG | WNOWAIT)
+    return !(r < 0 && errno() == ECHILD)
+end
+
+"""
+    reaped_children_faults() -> Int
+
+Minor page faults of every child this process has reaped so far
+(`getrusage(RUSAGE_CHILDREN)`). Any process that ran adds to it, so a
+change means a child was started and reaped since the last look.
+"""
+function reaped_children_faults()::Int
+    ccall(:getrusage, Cint, (Cint, Ptr{Int64}), RUSAGE_CHILDREN, RUSAGE) == 0 || return -1
+    # ru_minflt: after ru_utime, ru_stime (two words each), ru_maxrss,
+    # ru_ixrss, ru_idrss, ru_isrss.
+    return Int(@inbounds RUSAGE[9])
+end
+
+"""
+    cloexec_inherited!()
+
+Mark every descriptor from 3 up close-on-exec: whatever the worker was
+started with beyond its documented ones (a master, spawn-fcgi or a shell may
+leak some) must not reach the processes pages start. The worker's own are
+close-on-exec already.
+"""
+function cloexec_inherited!()
+    for name in readdir("/proc/self/fd")
+        fd = tryparse(Cint, name)
+        fd === nothing || fd < 3 || set_cloexec(fd)
+    end
+    return nothing
 end
 
 """Human-readable text for an errno value."""

@@ -67,7 +67,7 @@ function serve(rt, path; query="", body="", method="GET", extra=Dict{String,Stri
     status = Pages.serve!(rt, params, Vector{UInt8}(body), resp)
     Pages.idle!(rt)                 # give the test process its ENV back
     page = get(rt.cache, path, nothing)
-    return (out=String(resp.buf[1:resp.len]), status=status, err=resp.err,
+    return (out=String(resp.buf.data[1:resp.buf.len]), status=status, err=resp.err,
             kind=page === nothing ? :none : page.kind, reason=page === nothing ? "" : page.reason)
 end
 

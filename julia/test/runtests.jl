@@ -4,6 +4,7 @@
 # pages.jl      page analysis (handler / compiled / fallback) and the CGI
 #               runtime, in process
 # roundtrip.jl  real worker processes on a unix socket, raw FastCGI
+# stdio.jl      a page's fds 0-2 and streams, against a real worker
 using Test
 
 include(joinpath(@__DIR__, "..", "src", "JuliaFCGI.jl"))
@@ -11,14 +12,18 @@ include("client.jl")
 
 const ROUNDTRIP_ENABLED = get(ENV, "JULIA_FCGI_TEST_UNITS_ONLY", "") != "1"
 ROUNDTRIP_ENABLED && include("roundtrip.jl")
+ROUNDTRIP_ENABLED && include("stdio.jl")
 # Worker processes warm up (a few seconds each) while the in-process tests run.
 const ROUNDTRIP = ROUNDTRIP_ENABLED ? start_roundtrip_workers() : nothing
 # Whatever happens in the tests, leave no worker behind.
 ROUNDTRIP === nothing ||
     atexit(() -> foreach(w -> process_running(w.proc) && kill(w.proc), ROUNDTRIP[2:4]))
+const STDIO = ROUNDTRIP_ENABLED ? start_stdio_worker() : nothing
+STDIO === nothing || atexit(() -> process_running(STDIO[2].proc) && kill(STDIO[2].proc))
 
 @testset "julia-fcgi worker" begin
     include("units.jl")
     include("pages.jl")
     ROUNDTRIP_ENABLED && run_roundtrip_tests()
+    ROUNDTRIP_ENABLED && run_stdio_tests()
 end
