@@ -65,7 +65,13 @@ pub enum ListenError {
 impl Listener {
     /// Finds or creates the listening socket. Runs before the async runtime
     /// starts (it edits the environment, which is not thread-safe).
+    ///
+    /// Every other descriptor this process inherited (a shell's fd 10, a
+    /// pipe at 251) is marked close-on-exec here, the first thing done with
+    /// descriptors: nothing the master was started with reaches a worker or
+    /// the programs pages run. Workers get the socket as their fd 0 anyway.
     pub fn acquire(settings: &Settings) -> Result<Sockets, ListenError> {
+        crate::worker::close_on_exec_from(3, crate::worker::descriptor_limit());
         if let Some((fastcgi, status)) = from_systemd()? {
             return Ok(Sockets { fastcgi, status });
         }
@@ -201,10 +207,17 @@ pub fn bind_status(settings: &Settings) -> Result<Listener, ListenError> {
         .clone()
         .unwrap_or_else(|| ListenAddr::Unix(settings.runtime_dir.join("status.sock")));
     let mut status_settings = settings.clone();
-    // Operators (root, or the service's group) read it; nginx only if the
-    // admin says so with socket_owner.
+    // It shows every request's URI with its query string: the service user
+    // and its group (and root) read it, nobody else; nginx only if the
+    // admin puts it in nginx's group. Started as root, the file would be
+    // root's: it is given to the service user, as the runtime directory is.
     status_settings.socket_owner = None;
-    bind_addr(&addr, 0o660, &status_settings)
+    let listener = bind_addr(&addr, 0o660, &status_settings)?;
+    if let (Some(identity), Some(path)) = (&settings.identity, &listener.owned_path) {
+        nix::unistd::chown(path, Some(identity.uid), Some(identity.gid))
+            .map_err(|e| bind_error(format!("unix:{}", path.display()), e))?;
+    }
+    Ok(listener)
 }
 
 fn bind_addr(addr: &ListenAddr, mode: u32, settings: &Settings) -> Result<Listener, ListenError> {

@@ -94,14 +94,23 @@ unsafe impl Send for Scoreboard {}
 impl Scoreboard {
     /// Creates (or truncates) the scoreboard file at `path` with room for
     /// `slots` worker processes.
+    ///
+    /// The file holds every request's URI with its query string, so it is
+    /// the owner's alone (0600), whatever the umask and whatever mode an
+    /// old file had; a symlink in its place is refused, not followed. The
+    /// workers never open it by name: they get the open descriptor.
     pub fn create(path: &Path, slots: usize) -> io::Result<Scoreboard> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let len = HEADER_SIZE + SLOT_SIZE * slots;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         file.set_len(len as u64)?;
         // SAFETY: a fresh shared mapping of a file we own, of its full length.
         let map = unsafe {

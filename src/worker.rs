@@ -147,11 +147,16 @@ pub fn spawn(
             .env("JULIA_FCGI_SCOREBOARD_FD", fd.to_string())
             .env("JULIA_FCGI_SCOREBOARD_SLOT", board_slot.to_string());
     }
-    // SAFETY: only async-signal-safe calls (fcntl, write, prctl) between
-    // fork and exec. Our end of the control socket is close-on-exec
-    // everywhere else, so the worker gets its own end and no other worker's.
+    let fd_limit = descriptor_limit();
+    // SAFETY: only async-signal-safe calls (close_range, fcntl, write,
+    // prctl) between fork and exec. Our end of the control socket is
+    // close-on-exec everywhere else, so the worker gets its own end and no
+    // other worker's.
     unsafe {
         command.pre_exec(move || {
+            // Only fds 0-2 (set by the Command), the control channel and the
+            // scoreboard reach the worker, whatever the master inherited.
+            close_on_exec_from(3, fd_limit);
             for fd in [Some(their_fd), board_fd].into_iter().flatten() {
                 if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
                     return Err(std::io::Error::last_os_error());
@@ -213,6 +218,46 @@ pub fn spawn(
         started: std::time::Instant::now(),
         commands,
     })
+}
+
+/// Marks every descriptor from `first` on close-on-exec, so that what this
+/// process inherited (a shell's fd 10, a pipe at 251 from whatever started
+/// it) never reaches a Julia worker or the programs its pages run. Marked,
+/// not closed: std's spawn reports exec errors through a close-on-exec pipe
+/// of its own. Async-signal-safe, so usable between fork and exec; `limit`
+/// (from [`descriptor_limit`], taken before the fork) bounds the fallback
+/// for kernels before 5.11, which have no `close_range`.
+pub fn close_on_exec_from(first: u32, limit: u32) {
+    // SAFETY: system calls on descriptor numbers only; none is closed.
+    unsafe {
+        let flags = libc::CLOSE_RANGE_CLOEXEC as libc::c_uint;
+        if libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, flags) == 0 {
+            return;
+        }
+        for fd in first..limit {
+            let fd = fd as libc::c_int;
+            let current = libc::fcntl(fd, libc::F_GETFD);
+            if current >= 0 && current & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, current | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+/// The highest descriptor number the fallback of [`close_on_exec_from`]
+/// looks at: the hard `RLIMIT_NOFILE`, but at most 2^20.
+pub fn descriptor_limit() -> u32 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    let known = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    if known {
+        limit.rlim_max.min(1 << 20) as u32
+    } else {
+        1 << 20
+    }
 }
 
 /// The task that owns one child process.
