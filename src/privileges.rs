@@ -125,3 +125,24 @@ pub fn no_new_privileges() -> Result<(), PrivilegeError> {
     }
     Ok(())
 }
+
+/// Makes the master non-dumpable. Pages run as the same user as the master
+/// (the service user), and a process may ptrace, or read the memory,
+/// environment and descriptors (`/proc/PID/mem`, `environ`, `fd`) of any
+/// process of its own user unless that process is non-dumpable or the
+/// kernel's Yama module says otherwise (many kernels have it at 0 or not at
+/// all). Dropping root makes a process non-dumpable by itself; a master
+/// started as the service user (systemd's `User=`) must ask. Not inherited
+/// across exec: the workers are unaffected. It does not stop signals; see
+/// the README (signals between master, workers and pages).
+pub fn forbid_inspection() -> Result<(), PrivilegeError> {
+    // SAFETY: a plain prctl with integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc != 0 {
+        return Err(PrivilegeError::Drop {
+            step: "PR_SET_DUMPABLE",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}

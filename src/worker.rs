@@ -307,6 +307,16 @@ impl Actor {
                 status = child.wait() => break status.ok(),
             }
         };
+        // Whatever its pages started goes with it, at once: its process
+        // group now (so the pipes those programs hold close and the drain
+        // below is short), its cgroup after the drain. A pid is not reused
+        // while it names a group with members, and this comes microseconds
+        // after the reap, so the signal reaches only this worker's own.
+        if let Err(e) = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL) {
+            if e != nix::errno::Errno::ESRCH {
+                tracing::debug!(worker = self.slot, worker_pid = self.pid, "killpg: {e}");
+            }
+        }
         // What the worker printed just before it died explains the death:
         // read the pipes to their end, but not forever (a process the page
         // forked may still hold them open).

@@ -125,6 +125,8 @@ impl Pool {
                 }
             }
         }
+        // What pages detached from their workers goes with them.
+        self.sweep_orphans();
         tracing::info!("all workers stopped");
     }
 }

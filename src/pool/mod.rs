@@ -35,6 +35,7 @@ use crate::worker::{self, Event, Handle, Spec};
 
 mod exits;
 mod health;
+mod orphans;
 mod policy;
 mod reload;
 pub mod restart;
@@ -232,6 +233,7 @@ impl Pool {
         mut reloads: mpsc::UnboundedReceiver<Reload>,
         watchdog: Option<Duration>,
     ) -> Result<(), PoolError> {
+        self.prepare_process();
         tracing::info!(
             "starting {} worker(s) on {}",
             self.options.size,
@@ -251,7 +253,10 @@ impl Pool {
                 _ = sleep_until(deadline) => self.on_deadlines(),
                 Some(reload) = reloads.recv() => self.begin_reload(reload),
                 _ = tick(&mut watchdog) => self.watchdog(),
-                _ = scan.tick() => self.scan(),
+                _ = scan.tick() => {
+                    self.sweep_orphans();
+                    self.scan();
+                }
                 // A reload (RELOADING=1 until READY=1) runs against the same
                 // start timeout as a start: both warm workers up.
                 _ = extend.tick(), if self.phase != Phase::Serving => {
@@ -262,6 +267,23 @@ impl Pool {
         }
         self.drain().await;
         Ok(())
+    }
+
+    /// What the master's process needs to be a supervisor: without cgroups,
+    /// the reaper of what pages detach ([`orphans`]); and never inspectable
+    /// by its workers, which run as the same user.
+    fn prepare_process(&self) {
+        if self.spec.cgroups.is_none() {
+            if let Err(e) = orphans::become_subreaper() {
+                tracing::warn!(
+                    "cannot become a child subreaper ({e}): programs that pages detach from \
+                     their worker's process group may outlive it"
+                );
+            }
+        }
+        if let Err(e) = crate::privileges::forbid_inspection() {
+            tracing::warn!("{e}; pages could inspect the master through ptrace and /proc");
+        }
     }
 
     /// Starts every slot whose back-off is over.
