@@ -31,7 +31,7 @@ pub struct Access {
     pub remote_addr: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Level {
     Error,
     Warn,

@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
@@ -21,7 +21,12 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use crate::cgroup::{Limits, MemoryEvents, Tree, WorkerCgroup};
-use crate::control::{Access, FromWorker, Level, ToWorker};
+use crate::control::{FromWorker, Level, ToWorker};
+
+mod forward;
+
+use forward::{log_access, log_from_worker};
+pub use forward::{log_summary, Limiter as LogLimiter, ACCESS_TARGET, WINDOW as LOG_WINDOW};
 
 /// The longest line forwarded as one log entry; longer output is split, not
 /// cut, so nothing a worker prints is lost.
@@ -109,12 +114,14 @@ impl Handle {
     }
 }
 
-/// Starts worker number `slot` and the actor that owns it.
+/// Starts worker number `slot` and the actor that owns it; `logs` is the
+/// pool's limiter of repeated log entries, shared by all its workers.
 pub fn spawn(
     spec: &Spec,
     slot: u32,
     board_slot: Option<usize>,
     events: mpsc::UnboundedSender<Event>,
+    logs: Arc<Mutex<LogLimiter>>,
 ) -> std::io::Result<Handle> {
     let mut cgroup = match &spec.cgroups {
         Some(tree) => Some(tree.create_worker(slot, &spec.limits)?),
@@ -208,6 +215,7 @@ pub fn spawn(
         planned: None,
         stderr_tail: Vec::new(),
         cgroup: cgroup.clone(),
+        logs,
     };
     tokio::spawn(actor.run(child, control, stdout, stderr, inbox));
     Ok(Handle {
@@ -268,6 +276,7 @@ struct Actor {
     planned: Option<String>,
     stderr_tail: Vec<String>,
     cgroup: Option<Arc<WorkerCgroup>>,
+    logs: Arc<Mutex<LogLimiter>>,
 }
 
 impl Actor {
@@ -366,10 +375,37 @@ impl Actor {
                 level,
                 message,
                 fields,
-            }) => log_from_worker(slot, pid, level, &message, &fields),
+            }) => {
+                let script = fields
+                    .iter()
+                    .find(|(key, _)| key == "SCRIPT_FILENAME")
+                    .map(|(_, value)| value.as_str());
+                if self.may_log(level, &message, script) {
+                    log_from_worker(slot, pid, level, &message, &fields);
+                }
+            }
             Ok(FromWorker::Access(access)) => log_access(slot, pid, &access),
-            Err(e) => tracing::warn!(worker = slot, worker_pid = pid, "{e}"),
+            Err(e) => {
+                if self.may_log(Level::Warn, "unreadable control message", None) {
+                    tracing::warn!(worker = slot, worker_pid = pid, "{e}");
+                }
+            }
         }
+    }
+
+    /// Asks the pool's limiter whether an entry of this kind may be logged
+    /// now (saying what the kind's last window suppressed, if it just ended).
+    fn may_log(&self, level: Level, message: &str, script: Option<&str>) -> bool {
+        let mut logs = self
+            .logs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (show, ended) = logs.check(level, message, script, tokio::time::Instant::now());
+        drop(logs);
+        if let Some(summary) = ended {
+            log_summary(&summary);
+        }
+        show
     }
 
     fn on_output(&mut self, stream: Stream, line: String) {
@@ -391,68 +427,6 @@ impl Actor {
 enum Stream {
     Stdout,
     Stderr,
-}
-
-/// A log entry the worker wrote on its control channel, with the request it
-/// concerns as structured fields.
-fn log_from_worker(slot: u32, pid: u32, level: Level, message: &str, fields: &[(String, String)]) {
-    let field = |name: &str| {
-        fields
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-    };
-    let (uri, script, method) = (
-        field("REQUEST_URI"),
-        field("SCRIPT_FILENAME"),
-        field("REQUEST_METHOD"),
-    );
-    macro_rules! emit {
-        ($macro:ident) => {
-            tracing::$macro!(
-                worker = slot,
-                worker_pid = pid,
-                request_method = method,
-                request_uri = uri,
-                script_filename = script,
-                "{message}"
-            )
-        };
-    }
-    match level {
-        Level::Error => emit!(error),
-        Level::Warn => emit!(warn),
-        Level::Info => emit!(info),
-        Level::Debug => emit!(debug),
-    }
-}
-
-/// The target of access log entries: the journal's `TARGET` field, so
-/// `journalctl -u julia-fcgi TARGET=julia_fcgi::access` shows only them.
-pub const ACCESS_TARGET: &str = "julia_fcgi::access";
-
-/// One access log entry: the message reads like a web server's log line,
-/// the fields make it searchable (`HTTP_STATUS=500`, `WORKER=2`).
-fn log_access(slot: u32, pid: u32, access: &Access) {
-    let remote = match access.remote_addr.as_str() {
-        "" => "-",
-        addr => addr,
-    };
-    tracing::info!(
-        target: ACCESS_TARGET,
-        worker = slot,
-        worker_pid = pid,
-        request_method = access.method.as_str(),
-        request_uri = access.uri.as_str(),
-        http_status = access.status,
-        duration_us = access.duration_us,
-        remote_addr = remote,
-        "{remote} \"{} {}\" {} {:.3} ms",
-        access.method,
-        access.uri,
-        access.status,
-        access.duration_us as f64 / 1000.0
-    );
 }
 
 /// Reads lines of at most [`MAX_LINE`] bytes (a longer one comes out in

@@ -246,3 +246,56 @@ fn the_scoreboard_and_the_status_socket_are_private_whatever_the_umask() {
     let p = page(d.dir.path(), "hello.jl", HELLO);
     assert_eq!(fcgi::get(&d.addr, &p, "").body_text(), "hello");
 }
+
+/// A hostile client sends hundreds of bad FastCGI streams (a version byte
+/// of 7): each is a warning from a worker, but the log shows the first few
+/// and then how many more there were, instead of one line per stream; a
+/// different kind of entry during the flood still shows.
+#[test]
+fn a_flood_of_bad_streams_is_logged_as_a_burst_and_a_count() {
+    const STREAMS: usize = 300;
+    let d = Daemon::start(Options {
+        workers: 2,
+        ..Options::default()
+    });
+    let thrower = page(d.dir.path(), "throw.jl", "error(\"boom during the flood\")");
+    let mark = d.log_len();
+    let started = Instant::now();
+    for _ in 0..STREAMS {
+        let mut s = fcgi::connect(&d.addr);
+        s.write_all(&[7, 1, 0, 1, 0, 0, 0, 0]).unwrap();
+        // Until the worker hangs up: every stream is read, none is queued.
+        let mut buf = [0u8; 64];
+        while matches!(std::io::Read::read(&mut s, &mut buf), Ok(n) if n > 0) {}
+    }
+    let flood = started.elapsed();
+    assert_eq!(fcgi::get(&d.addr, &thrower, "").status(), 500);
+    d.wait_for_log_after(mark, "boom during the flood", Duration::from_secs(10));
+
+    let summary = d.wait_for_log_after(
+        mark,
+        "more like it in the last 10 s",
+        Duration::from_secs(30),
+    );
+    let suppressed: usize = summary
+        .split("… and ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {summary:?}"));
+    let log = d.log()[mark..].to_vec();
+    let shown = log
+        .iter()
+        .filter(|l| l.contains("closing FastCGI connection: not a FastCGI"))
+        .count();
+    eprintln!(
+        "{STREAMS} bad streams in {:.0} ms: {shown} warnings logged, then {summary:?}",
+        millis(flood)
+    );
+    assert!(
+        summary.contains("closing FastCGI connection: …"),
+        "{summary}"
+    );
+    assert!(shown <= 10, "{shown} warnings logged:\n{log:#?}");
+    assert_eq!(shown + suppressed, STREAMS, "{log:#?}");
+}

@@ -83,6 +83,19 @@ impl Pool {
         text
     }
 
+    /// Says what the log limiter suppressed in windows that are over at
+    /// `at` (a stop passes a time beyond every window: nothing goes unsaid).
+    pub(super) fn flush_logs(&self, at: Instant) {
+        let ended = self
+            .logs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .flush(at);
+        for summary in &ended {
+            crate::worker::log_summary(summary);
+        }
+    }
+
     pub(super) fn update_status(&self) {
         self.notifier.status(&self.status_text());
     }
@@ -127,6 +140,7 @@ impl Pool {
         }
         // What pages detached from their workers goes with them.
         self.sweep_orphans();
+        self.flush_logs(Instant::now() + crate::worker::LOG_WINDOW);
         tracing::info!("all workers stopped");
     }
 }

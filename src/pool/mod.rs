@@ -21,7 +21,7 @@
 //!   without cgroups its process group, and the master (a child subreaper
 //!   then) kills and reaps the orphans that left the group ([`orphans`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -31,7 +31,7 @@ use crate::config::Supervision;
 use crate::notify::Notifier;
 use crate::scoreboard::{Scoreboard, Snapshot};
 use crate::status::report::{Report, Restarts};
-use crate::worker::{self, Event, Handle, Spec};
+use crate::worker::{self, Event, Handle, LogLimiter, Spec};
 
 mod exits;
 mod health;
@@ -184,6 +184,8 @@ pub struct Pool {
     phase: Phase,
     ever_ready: bool,
     notifier: Arc<Notifier>,
+    /// Repeated log entries of all workers, limited together.
+    logs: Arc<Mutex<LogLimiter>>,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
 }
@@ -221,6 +223,7 @@ impl Pool {
             phase: Phase::Starting,
             ever_ready: false,
             notifier,
+            logs: Arc::default(),
             events_tx,
             events,
         }
@@ -255,6 +258,7 @@ impl Pool {
                 _ = tick(&mut watchdog) => self.watchdog(),
                 _ = scan.tick() => {
                     self.sweep_orphans();
+                    self.flush_logs(Instant::now());
                     self.scan();
                 }
                 // A reload (RELOADING=1 until READY=1) runs against the same
@@ -267,23 +271,6 @@ impl Pool {
         }
         self.drain().await;
         Ok(())
-    }
-
-    /// What the master's process needs to be a supervisor: without cgroups,
-    /// the reaper of what pages detach ([`orphans`]); and never inspectable
-    /// by its workers, which run as the same user.
-    fn prepare_process(&self) {
-        if self.spec.cgroups.is_none() {
-            if let Err(e) = orphans::become_subreaper() {
-                tracing::warn!(
-                    "cannot become a child subreaper ({e}): programs that pages detach from \
-                     their worker's process group may outlive it"
-                );
-            }
-        }
-        if let Err(e) = crate::privileges::forbid_inspection() {
-            tracing::warn!("{e}; pages could inspect the master through ptrace and /proc");
-        }
     }
 
     /// Starts every slot whose back-off is over.
@@ -306,7 +293,13 @@ impl Pool {
                 "scoreboard full; this worker goes unwatched"
             );
         }
-        let spawned = worker::spawn(&self.spec, number, board_slot, self.events_tx.clone());
+        let spawned = worker::spawn(
+            &self.spec,
+            number,
+            board_slot,
+            self.events_tx.clone(),
+            self.logs.clone(),
+        );
         if let (Err(_), Some(board), Some(i)) = (&spawned, self.board.as_mut(), board_slot) {
             board.release(i);
         }

@@ -110,6 +110,23 @@ fn describe(pid: u32) -> Option<Orphan> {
 }
 
 impl Pool {
+    /// What the master's process needs to be a supervisor: without cgroups,
+    /// the reaper of what pages detach (this module); and never inspectable
+    /// by its workers, which run as the same user.
+    pub(super) fn prepare_process(&self) {
+        if self.spec.cgroups.is_none() {
+            if let Err(e) = become_subreaper() {
+                tracing::warn!(
+                    "cannot become a child subreaper ({e}): programs that pages detach from \
+                     their worker's process group may outlive it"
+                );
+            }
+        }
+        if let Err(e) = crate::privileges::forbid_inspection() {
+            tracing::warn!("{e}; pages could inspect the master through ptrace and /proc");
+        }
+    }
+
     /// Every worker process the pool knows of: slots, successors, retiring.
     fn worker_pids(&self) -> HashSet<u32> {
         let slots = self.slots.iter().flat_map(|slot| {
