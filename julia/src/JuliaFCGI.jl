@@ -20,6 +20,7 @@ Modules, bottom-up:
 | `Env`       | switching `ENV` between the worker's and a request's, by diff |
 | `Transform` | static analysis of a page: handler / compiled / fallback |
 | `Loader`    | parse, plan and load a page into its own module |
+| `Params`    | CGI variable fix-ups: Apache's `proxy:fcgi://` prefix, PATH_INFO split, QUERY_STRING |
 | `Pages`     | the CGI runtime: checks, page cache, running a page, errors |
 | `Scoreboard`| this worker's slot in the master's shared scoreboard |
 | `Server`    | accept loop, connection and request handling |
@@ -65,6 +66,7 @@ include("Isolation.jl")
 include("Env.jl")
 include("Transform.jl")
 include("Loader.jl")
+include("Params.jl")
 include("Pages.jl")
 include("Scoreboard.jl")
 include("Server.jl")

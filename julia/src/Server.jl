@@ -11,6 +11,11 @@ request (BEGIN_REQUEST, PARAMS to the empty record, STDIN to the empty
 record), the page runs, and the response goes out (see `Output`). A stream
 that breaks the protocol closes that connection with one warning; the worker
 then serves the next one.
+
+Kept connections (FCGI_KEEP_CONN) never starve the pool: front ends keep more
+connections open than there are workers, so a worker idle between requests
+on one also watches the listening socket, and connections waiting there win
+(see [`wait_between_requests`](@ref)).
 """
 module Server
 
@@ -23,6 +28,7 @@ using ..FastCGI: ByteBuf
 using ..Config: Settings
 using ..Output
 using ..Output: ResponseIO
+using ..Params
 using ..Pages
 using ..Scoreboard
 
@@ -30,6 +36,22 @@ const LISTEN_FD = Cint(0)        # FCGI_LISTENSOCK_FILENO, as inherited
 const ACCEPT_POLL_MS = 1000       # wake up this often to let page tasks run
 const READ_BUF = 128 * 1024       # > one maximal record (8 + 65535 + 255)
 const IDLE_RESTORE_MS = 2         # idle this long → restore the worker's ENV
+# A kept connection with nobody waiting is closed after this long idle:
+# longer than nginx's upstream keepalive_timeout (60 s), so with default
+# settings the front end closes first, which is the race-free side.
+const KEEP_IDLE_MS = 65_000
+# A kept connection that was answered less than this long ago is "hot":
+# its front end is likely sending the next request right now, and closing it
+# then is the race front ends handle worst (HAProxy drops the client, nginx
+# fails a POST). A connection that waits meanwhile is taken at this
+# connection's next response instead (see `gives_up!`), or when this one
+# has been idle this long. Workers idle in accept take it first meanwhile.
+const KEEP_GRACE_MS = 2
+# Told to stop while idle on a kept connection: wait this long for the
+# front end's next request on it and close right after that response (the
+# front end then sees the close with the response, before it could reuse
+# the connection), else close it idle.
+const STOP_LINGER_MS = 1000
 
 # Outcome of waiting for / reading a record.
 const REC_OK        = 0
@@ -39,6 +61,7 @@ const REC_TIMEOUT   = 3
 const REC_STOP      = 4   # told to stop while the connection was idle
 const REC_ERROR     = 5   # read(2) failed (ECONNRESET…)
 const REC_VERSION   = 6   # not a FastCGI 1 record
+const REC_YIELD     = 7   # idle kept connection given up for a waiting one
 
 # What to do after a record.
 const CONTINUE = 0
@@ -95,10 +118,14 @@ struct Worker
     conn::Conn
     out::ByteBuf           # small replies (GET_VALUES_RESULT, END_REQUEST…)
     resp::ResponseIO
+    handover::Base.RefValue{Cint}  # accepted while idle on a kept connection: served next
+    keep_idle_ms::Int      # KEEP_IDLE_MS (shorter in tests)
 end
 
-Worker(s::Settings, listen_fd::Integer=LISTEN_FD; scoreboard::Bool=true) =
-    Worker(Cint(listen_fd), scoreboard, s, Pages.Runtime(s), Conn(), ByteBuf(256), ResponseIO())
+Worker(s::Settings, listen_fd::Integer=LISTEN_FD; scoreboard::Bool=true,
+       keep_idle_ms::Int=KEEP_IDLE_MS) =
+    Worker(Cint(listen_fd), scoreboard, s, Pages.Runtime(s), Conn(), ByteBuf(256), ResponseIO(),
+           Ref(Cint(-1)), keep_idle_ms)
 
 """The scoreboard: this request's params are complete."""
 function mark_busy!(w::Worker, c::Conn)
@@ -159,23 +186,137 @@ function idle_poll(w::Worker, fd::Cint, timeout_ms::Int)
 end
 
 """
-    wait_readable(w, c) -> REC_OK, REC_TIMEOUT or REC_STOP
+    wait_readable(w, c) -> REC_OK, REC_TIMEOUT, REC_STOP or REC_YIELD
 
 Before a blocking read: poll the connection together with the control
-channel, with the read timeout, so a silent client cannot hold the worker
-and a STOP is noticed on an idle keep-alive connection.
+channel, with the read timeout, so a silent client cannot hold the worker.
+Between requests on a kept connection, see [`wait_between_requests`](@ref).
 """
 function wait_readable(w::Worker, c::Conn)::Int
+    idle(c) && return wait_between_requests(w, c)
     while true
         rc, rconn, rctl = idle_poll(w, c.fd, w.settings.read_timeout_ms)
         rc == 0 && return REC_TIMEOUT
         rc < 0 && return REC_OK               # let read(2) report the error
-        if rctl != 0
-            Control.on_readable!()
-            Control.stopping() && idle(c) && return REC_STOP
-        end
+        rctl != 0 && Control.on_readable!()   # a STOP: this request is finished first
         rconn != 0 && return REC_OK
     end
+end
+
+# ------------------------------------------------------ kept connections
+
+const POLLSET3 = Vector{Posix.PollFD}(undef, 3)
+
+"""
+    poll3(fd1, fd2, fd3, timeout_ms) -> (rc, revents1, revents2, revents3)
+
+`poll(2)` for POLLIN on three fds (a negative one is ignored), EINTR retried:
+[`Posix.poll2`](@ref) with the listening socket added.
+"""
+function poll3(fd1::Cint, fd2::Cint, fd3::Cint, timeout_ms::Int)
+    set = POLLSET3
+    while true
+        @inbounds set[1] = Posix.PollFD(fd1, Posix.POLLIN, Cshort(0))
+        @inbounds set[2] = Posix.PollFD(fd2, Posix.POLLIN, Cshort(0))
+        @inbounds set[3] = Posix.PollFD(fd3, Posix.POLLIN, Cshort(0))
+        rc = ccall(:poll, Cint, (Ptr{Posix.PollFD}, Culong, Cint), set, 3, timeout_ms)
+        rc < 0 && Posix.errno() == Posix.EINTR && continue
+        return (Int(rc), @inbounds(set[1].revents), @inbounds(set[2].revents),
+                @inbounds(set[3].revents))
+    end
+end
+
+"""[`idle_poll`](@ref) on the connection, the listener and the control channel."""
+function idle_poll3(w::Worker, fd::Cint, lfd::Cint, timeout_ms::Int)
+    if !Pages.isidle(w.rt) || Access.pending()
+        r = poll3(fd, lfd, Control.pollfd(), min(IDLE_RESTORE_MS, timeout_ms))
+        (r[1] != 0 || timeout_ms <= IDLE_RESTORE_MS) && return r
+        Pages.idle!(w.rt)
+        Access.flush!()
+        timeout_ms -= IDLE_RESTORE_MS
+    end
+    return poll3(fd, lfd, Control.pollfd(), timeout_ms)
+end
+
+ms_since(t0::UInt64) = Int((time_ns() - t0) ÷ 1_000_000)
+
+"""
+    wait_between_requests(w, c) -> REC_OK, REC_TIMEOUT, REC_STOP or REC_YIELD
+
+Idle on a kept connection: its last request answered, nothing buffered. The
+front end may send the next request at any moment or never (nginx with
+`keepalive`, HAProxy's `fcgi-app` keep more connections open than there are
+workers), and a worker waiting here while connections queue on the listener
+would starve them until the front end times out (504). So the listener is
+polled too, and waiting work wins: once this connection has been idle for
+KEEP_GRACE_MS the worker accepts the waiting one (see
+[`take_waiting!`](@ref)) and gives this one up, closing it between
+requests, which every front end handles. Every idle worker wakes on a new
+connection; only the one whose `accept` succeeds gives its connection up,
+and a request that arrives on this connection first is served first.
+
+Also closes the connection after `w.keep_idle_ms` of silence, and on STOP
+after at most one more request (STOP_LINGER_MS).
+"""
+function wait_between_requests(w::Worker, c::Conn)::Int
+    w.handover[] >= 0 && return REC_YIELD   # accepted before this response: serve it
+    t0 = time_ns()
+    listening = w.listen_fd >= 0
+    while true
+        Control.stopping() && return linger(w, c)
+        left = w.keep_idle_ms - ms_since(t0)
+        left <= 0 && return REC_TIMEOUT
+        rc, rconn, rlisten, rctl = idle_poll3(w, c.fd, listening ? w.listen_fd : Cint(-1), left)
+        rc == 0 && return REC_TIMEOUT
+        rc < 0 && return REC_OK                # let read(2) report the error
+        rctl != 0 && Control.on_readable!()
+        rconn != 0 && return REC_OK
+        (rlisten == 0 || Control.stopping()) && continue   # a stopping worker accepts nothing
+        grace(w, c, max(KEEP_GRACE_MS - ms_since(t0), 1)) && return REC_OK
+        (Control.stopping() || !has_input(w.listen_fd)) && continue   # a free worker took it
+        took, listening = take_waiting!(w)
+        took || continue
+        # The front end may have reused this connection in the meantime:
+        # that request is served first, then the handover (see the top).
+        return has_input(c.fd) ? REC_OK : REC_YIELD
+    end
+end
+
+"""Wait up to `ms` for a request on `c` alone (the control channel is
+still read): true when one came."""
+function grace(w::Worker, c::Conn, ms::Int)::Bool
+    _, rconn, _, rctl = poll3(c.fd, Cint(-1), Control.pollfd(), ms)
+    rctl != 0 && Control.on_readable!()
+    return rconn != 0
+end
+
+"""Is `fd` readable right now (data, end of file or an error)?"""
+has_input(fd::Cint) = poll3(fd, Cint(-1), Cint(-1), 0)[1] > 0
+
+"""
+    take_waiting!(w) -> (took, keep_listening)
+
+Accept the connection waiting on the listener into `w.handover`. When
+another worker was faster (EAGAIN) this worker keeps its kept connection;
+an accept error that would make the listener readable forever (EMFILE…)
+stops watching it for this idle period (the accept loop reports it).
+"""
+function take_waiting!(w::Worker)
+    fd = Posix.accept(w.listen_fd)
+    fd >= 0 && (w.handover[] = fd; return (true, true))
+    e = -fd
+    return (false, e == Posix.EAGAIN || e == Posix.EINTR || e == Posix.ECONNABORTED)
+end
+
+"""Told to stop while idle on a kept connection: serve one more request if
+the front end sends it within STOP_LINGER_MS (`respond!` closes after it),
+else close. The front end may reuse a connection at the moment it is closed
+idle (nginx then fails a POST: it never retries one); right after a response
+it sees the close before it could."""
+function linger(w::Worker, c::Conn)::Int
+    w.handover[] >= 0 && return REC_YIELD   # its first request is on its way: serve it
+    rc, rconn, _, _ = idle_poll3(w, c.fd, Cint(-1), STOP_LINGER_MS)
+    return rc != 0 && rconn != 0 ? REC_OK : REC_STOP
 end
 
 """Make sure `need` bytes are buffered (reading as needed)."""
@@ -307,6 +448,7 @@ function on_params!(w::Worker, c::Conn)::Int
     sizehint!(env, 48)
     FastCGI.parse_pairs!(env, c.params.data, 1, c.params.len) ||
         return bad_stream(c, "malformed name-value pair in PARAMS")
+    Params.fixup!(env, w.settings)     # what each front end sends → CGI variables
     c.env = env
     c.started = time_ns()
     mark_busy!(w, c)
@@ -349,12 +491,34 @@ function respond!(w::Worker, c::Conn)::Int
     # Idle in the scoreboard before the last send: whoever got the response
     # and looks at the scoreboard next must not see this worker still busy.
     mark_done!(w, c, true)
+    last = !c.keep || w.rt.exit_code >= 0 || Control.stopping() || gives_up!(w, c)
     sent = Output.finish!(resp, status)
+    # The end of a kept connection follows its last response at once, so
+    # the front end sees it before it could send another request there.
+    sent && last && c.keep && Posix.shutdown_write(c.fd)
     log_access(w, c, sent ? Output.status_code(resp) : 499)
     c.active = false
     length(c.body) > 1024 * 1024 ? (c.body = UInt8[]) : empty!(c.body)
-    (!sent || w.rt.exit_code >= 0 || Control.stopping() || !c.keep) && return CLOSE
+    (!sent || last) && return CLOSE
     return CONTINUE
+end
+
+"""
+Before the response on a kept connection goes out: is a connection waiting
+on the listener? Then it is accepted now (`w.handover`) and this response
+is the last here. Deciding before the send, not after, lets the end of the
+connection follow the response at once, so the front end mostly reads both
+together and never reuses the connection; a connection closed later, idle,
+is one HAProxy or nginx may just have sent the next request into (HAProxy
+then drops its client, nginx fails a POST). One `accept` per request on
+kept connections only; it fails with EAGAIN when nobody waits. (The
+request's last record is still in the buffer here; anything after it is a
+next request, and then this connection is not given up.)
+"""
+function gives_up!(w::Worker, c::Conn)::Bool
+    buffered(c) == c.rlen || return false    # the next request is here already
+    w.handover[] >= 0 && return true         # taken while this request was read
+    return w.listen_fd >= 0 && first(take_waiting!(w))
 end
 
 # ------------------------------------------------------------------ loops
@@ -412,7 +576,8 @@ logged and the loop goes on.
 """
 function accept_loop!(w::Worker)::Union{String,Nothing}
     while true
-        Control.stopping() && return Control.CHAN.reason
+        # A connection accepted by the kept-connection path is always served.
+        Control.stopping() && w.handover[] < 0 && return Control.CHAN.reason
         outcome = try
             accept_once!(w)
         catch e
@@ -431,7 +596,9 @@ const FATAL     = 2
 
 """Accept one connection (or wait for one) and serve it."""
 function accept_once!(w::Worker)::Int
-    fd = Posix.accept(w.listen_fd)
+    fd = w.handover[]
+    w.handover[] = Cint(-1)
+    fd < 0 && (fd = Posix.accept(w.listen_fd))
     if fd >= 0
         serve_connection!(w, fd)
         return w.rt.exit_code >= 0 ? PAGE_EXIT : ACCEPTED

@@ -24,6 +24,7 @@ STDIO === nothing || atexit(() -> process_running(STDIO[2].proc) && kill(STDIO[2
 @testset "julia-fcgi worker" begin
     include("units.jl")
     include("pages.jl")
+    include("params.jl")
     ROUNDTRIP_ENABLED && run_roundtrip_tests()
     ROUNDTRIP_ENABLED && run_stdio_tests()
 end
