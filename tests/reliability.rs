@@ -299,3 +299,44 @@ fn a_flood_of_bad_streams_is_logged_as_a_burst_and_a_count() {
     assert!(shown <= 10, "{shown} warnings logged:\n{log:#?}");
     assert_eq!(shown + suppressed, STREAMS, "{log:#?}");
 }
+
+/// Pages run as the master's user (under systemd both are `User=`), and a
+/// process may ptrace or read `/proc/PID/environ`, `mem` and `fd` of any
+/// process of its own user that is dumpable. The master makes itself
+/// non-dumpable: a page cannot look inside it. (A page can still signal it;
+/// the README says why that is accepted and what isolating it would cost.)
+#[test]
+fn pages_cannot_inspect_the_master_they_share_a_user_with() {
+    use std::os::unix::process::CommandExt;
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    nix::unistd::chown(dir.path(), Some(nobody.uid), Some(nobody.gid)).unwrap();
+    let sock = dir.path().join("fcgi.sock");
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.arg("-l")
+        .arg(&sock)
+        .arg("-b")
+        .arg(common::julia())
+        .arg("-v")
+        .arg(common::worker_file())
+        .arg("-h")
+        .arg(dir.path())
+        .arg("--runtime-dir")
+        .arg(dir.path())
+        .uid(nobody.uid.as_raw())
+        .gid(nobody.gid.as_raw());
+    let page_dir = dir.path().to_owned();
+    let d = Daemon::spawn(cmd, common::Addr::Unix(sock), dir);
+    d.wait_for_log("ready:", common::READY_TIMEOUT);
+    let p = page(
+        &page_dir,
+        "peek.jl",
+        r#"m = ccall(:getppid, Cint, ())
+environ = try read("/proc/$m/environ", String); "read" catch; "denied" end
+signal = ccall(:kill, Cint, (Cint, Cint), m, 0) == 0 ? "allowed" : "denied"
+print("Content-Type: text/plain\r\n\r\n", "environ=", environ, " signal=", signal)"#,
+    );
+    let body = fcgi::get(&d.addr, &p, "").body_text();
+    eprintln!("a page's view of its master: {body}");
+    assert!(body.starts_with("environ=denied"), "{body}");
+}
