@@ -2,7 +2,7 @@
     Control
 
 The control channel to the master (fd `JULIA_FCGI_CONTROL_FD`, a unix
-socketpair end): `READY`, `ACCESS` and `EXITING` go out, `STOP` and `ABORT`
+socketpair end): `STARTING`, `READY`, `ACCESS` and `EXITING` go out, `STOP` and `ABORT`
 come in, and end of file means the master is gone. Incoming bytes are read only when `poll` says
 the fd is readable (the accept loop and the connection reader wait on it
 together with their own fd), so nothing here blocks.
@@ -50,6 +50,10 @@ function send(fields::AbstractString...)
     Log.send_line(join(map(Log.escape_field, fields), '\t'))
     return nothing
 end
+
+"""Tell the master what a worker still starting is busy with (loading and
+precompiling packages can take minutes): it shows in `systemctl status`."""
+starting(what::AbstractString) = active() && send("STARTING", what)
 
 """Tell the master the worker is warm and accepting."""
 ready() = active() ? send("READY") : Log.info("worker ready (pid $(getpid()))")

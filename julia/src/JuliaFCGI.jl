@@ -17,6 +17,7 @@ Modules, bottom-up:
 | `Output`    | `ResponseIO`: the page's output in order, CGI headers → STDOUT records |
 | `Stdio`     | a page's fds 0–2 and its `stdin`/`stdout`/`stderr` objects, per request |
 | `Isolation` | what a request may leave to the next: tasks, background work, `LOAD_PATH`… |
+| `Packages`  | the pool's packages (`preload`), loaded and precompiled before READY |
 | `Env`       | switching `ENV` between the worker's and a request's, by diff |
 | `Transform` | static analysis of a page: handler / compiled / fallback |
 | `Loader`    | parse, plan and load a page into its own module |
@@ -63,6 +64,7 @@ include("Access.jl")
 include("Output.jl")
 include("Stdio.jl")
 include("Isolation.jl")
+include("Packages.jl")
 include("Env.jl")
 include("Transform.jl")
 include("Loader.jl")
@@ -133,6 +135,7 @@ function main()
     end
     Stdio.init!()
     Posix.cloexec_inherited!()
+    Packages.preload!(settings.preload)
     Warmup.run!(settings)
     w = Server.Worker(settings, lfd)
     atexit(() -> exit_hook(w))
