@@ -19,7 +19,7 @@
 //!   the master exits with the cause rather than retrying silently forever.
 //! - Whatever a worker started dies with it: its cgroup is killed, or
 //!   without cgroups its process group, and the master (a child subreaper
-//!   then) kills and reaps the orphans that left the group ([`orphans`]).
+//!   then) kills and reaps the orphans that left the group (`orphans.rs`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
