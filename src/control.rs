@@ -6,6 +6,8 @@
 /// A message a worker sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FromWorker {
+    /// Not ready yet, and busy with this (loading a package, say).
+    Starting { what: String },
     /// Warmed up; the pool may count on it.
     Ready,
     /// A log entry of the worker's own, with structured fields.
@@ -74,6 +76,9 @@ impl FromWorker {
         let mut fields = line.trim_end_matches(['\n', '\r']).split('\t');
         match fields.next() {
             Some("READY") => Ok(FromWorker::Ready),
+            Some("STARTING") => Ok(FromWorker::Starting {
+                what: unescape(fields.next().unwrap_or("")),
+            }),
             Some("ACCESS") => {
                 let mut next = |what| fields.next().ok_or_else(|| bad(what));
                 let method = unescape(next("ACCESS without method")?);
@@ -154,6 +159,12 @@ mod tests {
     #[test]
     fn parses_each_message() {
         assert_eq!(FromWorker::parse("READY\n"), Ok(FromWorker::Ready));
+        assert_eq!(
+            FromWorker::parse("STARTING\tloading package A (1 of 2)"),
+            Ok(FromWorker::Starting {
+                what: "loading package A (1 of 2)".into()
+            })
+        );
         assert_eq!(
             FromWorker::parse("EXITING\tpage called exit()"),
             Ok(FromWorker::Exiting {

@@ -166,6 +166,11 @@ fn prepare_runtime_dir(settings: &Settings) -> anyhow::Result<PathBuf> {
     if !dir.exists() {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the runtime directory {}", dir.display()))?;
+        // Whatever the umask: others may search it (nginx reaches a status
+        // socket there), never write in it. What is inside has its own modes.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot chmod {}", dir.display()))?;
         if let Some(identity) = &settings.identity {
             nix::unistd::chown(&dir, Some(identity.uid), Some(identity.gid))
                 .with_context(|| format!("cannot chown {}", dir.display()))?;

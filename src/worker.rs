@@ -55,7 +55,15 @@ pub struct Spec {
 /// What a worker's actor tells the pool.
 #[derive(Debug)]
 pub enum Event {
-    Ready { slot: u32, pid: u32 },
+    /// Still starting, busy with `what` (the log has the details).
+    Starting {
+        slot: u32,
+        what: String,
+    },
+    Ready {
+        slot: u32,
+        pid: u32,
+    },
     Exited(Exit),
 }
 
@@ -366,6 +374,9 @@ impl Actor {
         match FromWorker::parse(line) {
             Ok(FromWorker::Ready) => {
                 let _ = self.events.send(Event::Ready { slot, pid });
+            }
+            Ok(FromWorker::Starting { what }) => {
+                let _ = self.events.send(Event::Starting { slot, what });
             }
             Ok(FromWorker::Exiting { reason }) => {
                 tracing::debug!(worker = slot, worker_pid = pid, "leaving: {reason}");

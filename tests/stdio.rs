@@ -86,7 +86,9 @@ fn pages(dir: &Path) {
 }
 
 fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 fn only_worker(d: &Daemon) -> i32 {
@@ -174,7 +176,11 @@ fn a_cgi_library_children_and_c_stdio_work_through_nginx_and_fastcgi() {
         let r = curl(nginx.port, "/cgilib.jl?a=1", &[]);
         assert_eq!((r.status, r.text()), (200, want.get.clone()), "{round}");
         let r = curl(nginx.port, "/cgilib.jl", &["--data-binary", &urlencoded]);
-        assert_eq!((r.status, r.text()), (200, want.urlencoded.clone()), "{round}");
+        assert_eq!(
+            (r.status, r.text()),
+            (200, want.urlencoded.clone()),
+            "{round}"
+        );
         let upload = d.dir.path().join("upload.bin");
         std::fs::write(&upload, &body).unwrap();
         let r = curl(
@@ -187,7 +193,11 @@ fn a_cgi_library_children_and_c_stdio_work_through_nginx_and_fastcgi() {
                 &format!("@{}", upload.display()),
             ],
         );
-        assert_eq!((r.status, r.text()), (200, want.multipart.clone()), "{round}");
+        assert_eq!(
+            (r.status, r.text()),
+            (200, want.multipart.clone()),
+            "{round}"
+        );
         let r = curl(nginx.port, "/children.jl", &["--data-binary", "12345"]);
         assert_eq!(r.text(), "one\ntwo\nthree\nfour\nfive\nsix\n5\n", "{round}");
         assert_eq!(curl(nginx.port, "/left.jl", &[]).text(), "visible\n");
@@ -318,7 +328,13 @@ fn a_pool_project_package_is_precompiled_by_the_service_user() {
         let d = start("");
         for (round, name) in [("cold", "Ada"), ("warm", "Grace")] {
             let r = fcgi::get(&d.addr, &greet, name);
-            assert_eq!(r.status(), 200, "{round}: {}\n{}", r.body_text(), d.log_text());
+            assert_eq!(
+                r.status(),
+                200,
+                "{round}: {}\n{}",
+                r.body_text(),
+                d.log_text()
+            );
             assert!(
                 r.body_text().contains(&format!("Hello, {name}!")),
                 "{round}: {}",
@@ -329,13 +345,20 @@ fn a_pool_project_package_is_precompiled_by_the_service_user() {
     // Precompiled by the first request, as the service user, into the depot.
     let cache = find_file(&depot.join("compiled"), "ji").expect("a precompiled Greeting");
     assert!(cache.to_string_lossy().contains("Greeting"), "{cache:?}");
-    assert_eq!(std::fs::metadata(&cache).unwrap().uid(), www_data.uid.as_raw());
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().uid(),
+        www_data.uid.as_raw()
+    );
 
     // preload: loaded (from that cache) before the worker is ready.
     let d = start("preload = [\"Greeting\"]\n");
     d.wait_for_log("package Greeting loaded", Duration::from_secs(5));
     let r = fcgi::get(&d.addr, &greet, "Hopper");
-    assert!(r.body_text().contains("Hello, Hopper!"), "{}", r.body_text());
+    assert!(
+        r.body_text().contains("Hello, Hopper!"),
+        "{}",
+        r.body_text()
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

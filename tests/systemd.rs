@@ -39,6 +39,9 @@ fn notify_ready_status_watchdog_stopping() {
     let notify_path = dir.path().join("notify.sock");
     let seen = collect_notifications(UnixDatagram::bind(&notify_path).unwrap());
     let sock = dir.path().join("fcgi.sock");
+    // Packages to load before ready: what a worker is busy with shows.
+    let config = dir.path().join("julia-fcgi.toml");
+    std::fs::write(&config, "preload = [\"Dates\", \"Printf\"]\n").unwrap();
     // WATCHDOG_PID must be the daemon's own pid: exec keeps the shell's.
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
@@ -56,6 +59,8 @@ fn notify_ready_status_watchdog_stopping() {
         .arg(worker_file())
         .arg("-w")
         .arg("2")
+        .arg("-c")
+        .arg(&config)
         .env("NOTIFY_SOCKET", &notify_path)
         .env("WATCHDOG_USEC", "2000000");
     let mut d = Daemon::spawn(cmd, Addr::Unix(sock), dir);
@@ -73,8 +78,9 @@ fn notify_ready_status_watchdog_stopping() {
             .unwrap_or_else(|| panic!("no {needle:?} in {messages:#?}"))
     };
     let starting = index("STATUS=starting workers: 0/2 ready");
+    let loading = index("loading package Printf (2 of 2)");
     let ready = index("READY=1");
-    assert!(starting < ready);
+    assert!(starting < ready && loading < ready);
     assert!(
         messages[ready].contains("STATUS=2/2 workers ready"),
         "{}",

@@ -58,6 +58,9 @@ impl Pool {
             text.push_str(": ");
             text.push_str(&load);
         }
+        for (number, what) in &self.starting {
+            text.push_str(&format!("; worker {number}: {what}"));
+        }
         if self.cgroups_off.is_some() {
             text.push_str("; per-worker cgroups off");
         }

@@ -186,6 +186,9 @@ pub struct Pool {
     notifier: Arc<Notifier>,
     /// Repeated log entries of all workers, limited together.
     logs: Arc<Mutex<LogLimiter>>,
+    /// What workers not ready yet said they are busy with, by slot number
+    /// (shown in `STATUS=`: loading packages can take minutes).
+    starting: std::collections::BTreeMap<u32, String>,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
 }
@@ -224,6 +227,7 @@ impl Pool {
             ever_ready: false,
             notifier,
             logs: Arc::default(),
+            starting: std::collections::BTreeMap::new(),
             events_tx,
             events,
         }
@@ -413,11 +417,19 @@ impl Pool {
 
     fn on_event(&mut self, event: Event) -> Result<(), PoolError> {
         match event {
+            Event::Starting { slot, what } => {
+                self.starting.insert(slot, what);
+                Ok(())
+            }
             Event::Ready { slot, pid } => {
+                self.starting.remove(&slot);
                 self.on_ready(slot, pid);
                 Ok(())
             }
-            Event::Exited(exit) => self.on_exit(exit),
+            Event::Exited(exit) => {
+                self.starting.remove(&exit.slot);
+                self.on_exit(exit)
+            }
         }
     }
 
