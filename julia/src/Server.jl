@@ -89,11 +89,12 @@ mutable struct Conn
     fresh::Bool            # accepted, no request begun yet: the client's first
                            # request is on its way, so a STOP must not drop it
     started::UInt64        # time_ns() when the params were complete
+    spared::Int            # requests served after this connection was to end (`spare!`)
 end
 
 Conn() = Conn(Cint(-1), Vector{UInt8}(undef, READ_BUF), 1, 0, 0x00, 0, 0, 0, 0,
               false, false, 0, false, false, ByteBuf(8192), UInt8[], Dict{String,String}(),
-              true, UInt64(0))
+              true, UInt64(0), 0)
 
 function reset!(c::Conn, fd::Cint)
     c.fd = fd
@@ -102,6 +103,7 @@ function reset!(c::Conn, fd::Cint)
     c.active = false
     c.busy = false
     c.fresh = true
+    c.spared = 0
     return c
 end
 
@@ -259,7 +261,9 @@ Also closes the connection after `w.keep_idle_ms` of silence, and on STOP
 after at most one more request (STOP_LINGER_MS).
 """
 function wait_between_requests(w::Worker, c::Conn)::Int
-    w.handover[] >= 0 && return REC_YIELD   # accepted before this response: serve it
+    # Accepted before this connection's last response: serve it, unless the
+    # front end sent another request here meanwhile (see `spare!`).
+    w.handover[] >= 0 && return has_input(c.fd) ? REC_OK : REC_YIELD
     t0 = time_ns()
     listening = w.listen_fd >= 0
     while true
@@ -491,11 +495,14 @@ function respond!(w::Worker, c::Conn)::Int
     # Idle in the scoreboard before the last send: whoever got the response
     # and looks at the scoreboard next must not see this worker still busy.
     mark_done!(w, c, true)
-    last = !c.keep || w.rt.exit_code >= 0 || Control.stopping() || gives_up!(w, c)
+    ends = c.keep && (w.rt.exit_code >= 0 || Control.stopping() || gives_up!(w, c))
+    last = !c.keep || ends
     sent = Output.finish!(resp, status)
-    # The end of a kept connection follows its last response at once, so
-    # the front end sees it before it could send another request there.
-    sent && last && c.keep && Posix.shutdown_write(c.fd)
+    if sent && ends
+        # The end of a kept connection follows its last response at once, so
+        # the front end sees it before it could send another request there.
+        spare!(w, c) ? (last = false) : Posix.shutdown_write(c.fd)
+    end
     log_access(w, c, sent ? Output.status_code(resp) : 499)
     c.active = false
     length(c.body) > 1024 * 1024 ? (c.body = UInt8[]) : empty!(c.body)
@@ -503,14 +510,32 @@ function respond!(w::Worker, c::Conn)::Int
     return CONTINUE
 end
 
+const MAX_SPARED = 8
+
+"""
+    spare!(w, c) -> Bool
+
+Just after the response that was to end a kept connection: has the front
+end already sent the next request on it (it cannot know the connection
+ends; nothing in FastCGI says so)? Then that request is served rather than
+cut off, and the connection ends after a later response. Not when a page called `exit()` (the worker is leaving),
+and at most MAX_SPARED times, so a front end that always sends ahead
+cannot keep a stopping worker.
+"""
+function spare!(w::Worker, c::Conn)::Bool
+    (w.rt.exit_code >= 0 || c.spared >= MAX_SPARED) && return false
+    has_input(c.fd) || return false
+    c.spared += 1
+    return true
+end
+
 """
 Before the response on a kept connection goes out: is a connection waiting
 on the listener? Then it is accepted now (`w.handover`) and this response
 is the last here. Deciding before the send, not after, lets the end of the
-connection follow the response at once, so the front end mostly reads both
-together and never reuses the connection; a connection closed later, idle,
-is one HAProxy or nginx may just have sent the next request into (HAProxy
-then drops its client, nginx fails a POST). One `accept` per request on
+connection follow the response at once: the shorter the gap, the fewer
+requests a front end sends into a connection being closed (HAProxy then
+drops its client, nginx fails a POST; README, "Front ends"). One `accept` per request on
 kept connections only; it fails with EAGAIN when nobody waits. (The
 request's last record is still in the buffer here; anything after it is a
 next request, and then this connection is not given up.)

@@ -91,6 +91,7 @@ end
 
 # ------------------------------------------------------------------ kept connections
 
+const INJECT = Ref{Any}(() -> nothing)     # called by a test page (see below)
 const HELLO = normpath(joinpath(@__DIR__, "..", "..", "examples", "hello.jl"))
 hello_request(rid; keep=true) = FastCGI.put_request!(ByteBuf(), rid, cgi_params(HELLO); keep=keep)
 is_hello(r) = endswith(r.stdout, "Hello, world!\n") && r.proto == FastCGI.REQUEST_COMPLETE
@@ -142,6 +143,24 @@ end
         @test w.handover[] >= 0
         Posix.closefd(q)                 # the front end gave up: served as an EOF
         @test Server.accept_once!(w) == Server.ACCEPTED && w.handover[] == -1
+        Posix.closefd(a)
+
+        # The front end reuses the connection while its "last" response is
+        # being sent (here: the page itself sends the next request): that
+        # request is served, and the connection ends after it.
+        page = joinpath(dirname(lpath), "inject.jl")
+        write(page, "Main.INJECT[]()\nprint(\"Content-Type: text/plain\\r\\n\\r\\ninjected\")\n")
+        q = connect_unix(lpath)
+        a, b = Posix.socketpair()
+        once = Ref(true)
+        Main.INJECT[] = () -> (once[] && send_bytes(a, hello_request(2)); once[] = false)
+        send_bytes(a, FastCGI.put_request!(ByteBuf(), 1, cgi_params(page)))
+        Server.serve_connection!(w, b)
+        r1 = read_response(a; timeout=5); r2 = read_response(a; timeout=5)
+        @test endswith(r1.stdout, "injected") && is_hello(r2) && r2.rid == 2
+        @test closed_by_peer(a; timeout=5) && w.handover[] >= 0
+        Posix.closefd(q)
+        @test Server.accept_once!(w) == Server.ACCEPTED
         Posix.closefd(a)
 
         # Told to stop while idle: the next request is awaited briefly (to
