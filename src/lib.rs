@@ -21,6 +21,8 @@
 //!   bound from `-l`.
 //! - [`control`]: the line protocol on each worker's control channel
 //!   (`julia/INTERFACE.md`).
+//! - [`fastcgi`]: the FastCGI wire format (records, name-value pairs),
+//!   for the status server and the tests' client.
 //! - [`worker`]: one Julia process and the actor task that owns it.
 //! - [`pool`]: the supervisor: slots, replacement, back-off, reload,
 //!   request timeouts and recycling, draining.
@@ -39,6 +41,7 @@ pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod control;
+pub mod fastcgi;
 pub mod listen;
 pub mod logging;
 pub mod notify;

@@ -23,9 +23,10 @@ fn management_records_and_roles() {
         ("FCGI_MPXS_CONNS", ""),
         ("SOMETHING_ELSE", ""),
     ]);
-    s.write_all(&record(GET_VALUES, 0, &query)).unwrap();
+    s.write_all(&record(RecordType::GetValues, 0, &query))
+        .unwrap();
     let rec = read_record(&mut *s).unwrap();
-    assert_eq!(rec.kind, GET_VALUES_RESULT);
+    assert_eq!(rec.kind, RecordType::GetValuesResult);
     assert_eq!(rec.id, 0);
     let text = String::from_utf8_lossy(&rec.content).into_owned();
     assert!(text.contains("FCGI_MAX_CONNS1"), "{text:?}");
@@ -34,17 +35,18 @@ fn management_records_and_roles() {
     assert!(!text.contains("SOMETHING_ELSE"), "{text:?}");
 
     // An unknown management record: UNKNOWN_TYPE naming the type.
-    s.write_all(&record(42, 0, b"????????")).unwrap();
+    s.write_all(&record(RecordType::Other(42), 0, b"????????"))
+        .unwrap();
     let rec = read_record(&mut *s).unwrap();
-    assert_eq!(rec.kind, UNKNOWN_TYPE);
+    assert_eq!(rec.kind, RecordType::UnknownType);
     assert_eq!(rec.content[0], 42);
 
     // A role other than RESPONDER: END_REQUEST with UNKNOWN_ROLE.
-    s.write_all(&begin(7, AUTHORIZER, true)).unwrap();
+    s.write_all(&begin(7, Role::Authorizer, true)).unwrap();
     let rec = read_record(&mut *s).unwrap();
-    assert_eq!(rec.kind, END_REQUEST);
+    assert_eq!(rec.kind, RecordType::EndRequest);
     assert_eq!(rec.id, 7);
-    assert_eq!(rec.content[4], UNKNOWN_ROLE);
+    assert_eq!(rec.content[4], ProtocolStatus::UnknownRole.code());
 
     // The same connection still serves a real request afterwards.
     let p = page(d.dir.path(), "hello.jl", HELLO);
@@ -53,7 +55,7 @@ fn management_records_and_roles() {
     s.write_all(&req.encode()).unwrap();
     let resp = read_response(&mut *s, 3);
     assert_eq!(resp.body_text(), "hello");
-    assert_eq!(resp.protocol_status, REQUEST_COMPLETE);
+    assert_eq!(resp.protocol_status, ProtocolStatus::RequestComplete);
     assert_eq!(resp.app_status, 0);
 }
 
@@ -149,12 +151,13 @@ fn abort_before_the_page_runs() {
     );
     let mut s = fcgi::connect(&d.addr);
     let req = Request::get(&p, "");
-    s.write_all(&begin(1, RESPONDER, true)).unwrap();
-    s.write_all(&stream(PARAMS, 1, &pairs(&req.params), 65535))
+    s.write_all(&begin(1, Role::Responder, true)).unwrap();
+    s.write_all(&stream(RecordType::Params, 1, &pairs(&req.params), 65535))
         .unwrap();
-    s.write_all(&record(ABORT_REQUEST, 1, &[])).unwrap();
+    s.write_all(&record(RecordType::AbortRequest, 1, &[]))
+        .unwrap();
     let rec = read_record(&mut *s).unwrap();
-    assert_eq!(rec.kind, END_REQUEST, "{rec:?}");
+    assert_eq!(rec.kind, RecordType::EndRequest, "{rec:?}");
     assert_eq!(rec.id, 1);
     assert!(!marker.exists(), "an aborted request must not run its page");
     // The kept connection goes on.
@@ -185,21 +188,21 @@ fn hostile_streams_close_only_their_connection() {
     page(d.dir.path(), "hello.jl", HELLO);
     let pids = d.worker_pids();
 
-    let mut bad_version = begin(1, RESPONDER, false);
+    let mut bad_version = begin(1, Role::Responder, false);
     bad_version[0] = 9;
     closes_then_serves(&d, "bad version", &bad_version);
     closes_then_serves(&d, "garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
 
     // A name-value pair whose length runs past the params.
-    let mut bogus = begin(1, RESPONDER, false);
-    bogus.extend(record(PARAMS, 1, &[0x85, 0, 0, 0, 1, b'A']));
-    bogus.extend(record(PARAMS, 1, &[]));
+    let mut bogus = begin(1, Role::Responder, false);
+    bogus.extend(record(RecordType::Params, 1, &[0x85, 0, 0, 0, 1, b'A']));
+    bogus.extend(record(RecordType::Params, 1, &[]));
     closes_then_serves(&d, "pair length past the record", &bogus);
 
     // Params beyond max_params_bytes.
-    let mut huge = begin(1, RESPONDER, false);
+    let mut huge = begin(1, Role::Responder, false);
     huge.extend(stream(
-        PARAMS,
+        RecordType::Params,
         1,
         &pairs(&[("X", "y".repeat(10_000))]),
         65535,
@@ -208,8 +211,12 @@ fn hostile_streams_close_only_their_connection() {
 
     // A truncated record: header promises 100 bytes, 10 arrive, then silence
     // (the read timeout ends it).
-    let mut truncated = begin(1, RESPONDER, false);
-    truncated.extend_from_slice(&[1, PARAMS, 0, 1, 0, 100, 0, 0]);
+    let mut truncated = begin(1, Role::Responder, false);
+    let promised = Header {
+        padding_len: 0,
+        ..Header::new(RecordType::Params, 1, 100)
+    };
+    truncated.extend_from_slice(&promised.encode());
     truncated.extend_from_slice(&[0; 10]);
     closes_then_serves(&d, "truncated record", &truncated);
 

@@ -16,10 +16,13 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::fastcgi::{self, EndRequest, Header, ProtocolStatus, RecordType};
 pub use report::Report;
 
 /// The longest a status client may take to ask.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most params a FastCGI request for the status page may send.
+const MAX_PARAMS: usize = 1 << 20;
 
 /// Serves the status on `listener` (a listening socket, unix or TCP) from the
 /// latest report the pool published.
@@ -100,8 +103,8 @@ where
     if stream.read_exact(&mut first).await.is_err() {
         return;
     }
-    // A FastCGI record starts with version 1; an HTTP request with a letter.
-    let result = if first[0] == 1 {
+    // A FastCGI record starts with its version; an HTTP request with a letter.
+    let result = if first[0] == fastcgi::VERSION {
         fastcgi(&mut stream, &reports).await
     } else {
         http(&mut stream, first[0], &reports).await
@@ -177,39 +180,18 @@ async fn fastcgi<S>(stream: &mut S, reports: &watch::Receiver<Arc<Report>>) -> s
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut params = Vec::new();
-    let mut id: u16;
-    let mut first_byte = Some(1u8);
-    loop {
-        let mut header = [0u8; 8];
-        let start = match first_byte.take() {
-            Some(b) => {
-                header[0] = b;
-                1
-            }
-            None => 0,
-        };
-        stream.read_exact(&mut header[start..]).await?;
-        let kind = header[1];
-        id = u16::from_be_bytes([header[2], header[3]]);
-        let len = u16::from_be_bytes([header[4], header[5]]) as usize;
-        let mut content = vec![0u8; len + header[6] as usize];
-        stream.read_exact(&mut content).await?;
-        content.truncate(len);
-        match kind {
-            4 if len > 0 => {
-                if params.len() + len > 1 << 20 {
-                    return Ok(());
-                }
-                params.extend_from_slice(&content);
-            }
-            // Empty PARAMS: the request is complete enough to answer.
-            4 => break,
-            1 | 5 => {}
-            _ => return Ok(()),
-        }
-    }
-    let params = decode_pairs(&params);
+    let Some((id, params)) = read_params(stream).await? else {
+        return Ok(());
+    };
+    let params: Vec<(String, String)> = fastcgi::decode_pairs(&params)
+        .map_while(Result::ok)
+        .map(|(name, value)| {
+            (
+                String::from_utf8_lossy(name).into_owned(),
+                String::from_utf8_lossy(value).into_owned(),
+            )
+        })
+        .collect();
     let get = |name: &str| {
         params
             .iter()
@@ -223,49 +205,58 @@ where
         .unwrap_or("/");
     let path = path.split('?').next().unwrap_or(path);
     let (content_type, body) = page(path, get("QUERY_STRING"), reports);
-    let mut out = Vec::new();
     let payload = format!("Content-Type: {content_type}\r\nCache-Control: no-store\r\n\r\n{body}");
-    for chunk in payload.as_bytes().chunks(65535) {
-        out.extend(record(6, id, chunk));
-    }
-    out.extend(record(6, id, &[]));
-    out.extend(record(3, id, &[0, 0, 0, 0, 0, 0, 0, 0]));
+    let mut out = Vec::new();
+    fastcgi::push_stream(
+        &mut out,
+        RecordType::Stdout,
+        id,
+        payload.as_bytes(),
+        fastcgi::MAX_CONTENT_LEN,
+    );
+    let end = EndRequest {
+        app_status: 0,
+        protocol_status: ProtocolStatus::RequestComplete,
+    };
+    fastcgi::push_record(&mut out, RecordType::EndRequest, id, &end.encode());
     stream.write_all(&out).await
 }
 
-fn record(kind: u8, id: u16, content: &[u8]) -> Vec<u8> {
-    let pad = (8 - content.len() % 8) % 8;
-    let mut out = vec![1, kind];
-    out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(&(content.len() as u16).to_be_bytes());
-    out.extend_from_slice(&[pad as u8, 0]);
-    out.extend_from_slice(content);
-    out.extend(std::iter::repeat_n(0, pad));
-    out
-}
-
-fn decode_pairs(mut data: &[u8]) -> Vec<(String, String)> {
-    fn length(data: &mut &[u8]) -> Option<usize> {
-        let first = *data.first()?;
-        if first < 0x80 {
-            *data = &data[1..];
-            Some(first as usize)
+/// Reads records up to the end of the params (an empty `PARAMS` record),
+/// the version byte already read: the request id and the params' content,
+/// or `None` for a stream that is not a request this server answers.
+async fn read_params<S>(stream: &mut S) -> std::io::Result<Option<(u16, Vec<u8>)>>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut params = Vec::new();
+    let mut version_read = true;
+    loop {
+        let mut bytes = [0u8; fastcgi::HEADER_LEN];
+        let start = if std::mem::take(&mut version_read) {
+            bytes[0] = fastcgi::VERSION;
+            1
         } else {
-            let bytes: [u8; 4] = data.get(..4)?.try_into().ok()?;
-            *data = &data[4..];
-            Some((u32::from_be_bytes(bytes) & 0x7fff_ffff) as usize)
+            0
+        };
+        stream.read_exact(&mut bytes[start..]).await?;
+        let header = Header::decode(bytes);
+        let mut content = vec![0u8; header.body_len()];
+        stream.read_exact(&mut content).await?;
+        content.truncate(header.content_len.into());
+        match header.kind {
+            RecordType::Params if content.is_empty() => {
+                // The request is complete enough to answer.
+                return Ok(Some((header.request_id, params)));
+            }
+            RecordType::Params => {
+                if params.len() + content.len() > MAX_PARAMS {
+                    return Ok(None);
+                }
+                params.extend_from_slice(&content);
+            }
+            RecordType::BeginRequest | RecordType::Stdin => {}
+            _ => return Ok(None),
         }
     }
-    let mut pairs = Vec::new();
-    while let (Some(k), Some(v)) = (length(&mut data), length(&mut data)) {
-        if data.len() < k + v {
-            break;
-        }
-        pairs.push((
-            String::from_utf8_lossy(&data[..k]).into_owned(),
-            String::from_utf8_lossy(&data[k..k + v]).into_owned(),
-        ));
-        data = &data[k + v..];
-    }
-    pairs
 }

@@ -1,6 +1,7 @@
 //! A raw FastCGI client for tests: it can say everything a web server says,
 //! and also what no web server should (garbage, truncated records), so the
-//! tests can check the workers' answers byte by byte.
+//! tests can check the workers' answers byte by byte. The wire format is
+//! the crate's own ([`julia_fcgi::fastcgi`]); this adds the sockets.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -8,21 +9,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-pub const BEGIN_REQUEST: u8 = 1;
-pub const ABORT_REQUEST: u8 = 2;
-pub const END_REQUEST: u8 = 3;
-pub const PARAMS: u8 = 4;
-pub const STDIN: u8 = 5;
-pub const STDOUT: u8 = 6;
-pub const STDERR: u8 = 7;
-pub const GET_VALUES: u8 = 9;
-pub const GET_VALUES_RESULT: u8 = 10;
-pub const UNKNOWN_TYPE: u8 = 11;
-
-pub const RESPONDER: u16 = 1;
-pub const AUTHORIZER: u16 = 2;
-pub const REQUEST_COMPLETE: u8 = 0;
-pub const UNKNOWN_ROLE: u8 = 3;
+pub use julia_fcgi::fastcgi::{
+    pairs, record, stream, BeginRequest, EndRequest, Header, ProtocolStatus, RecordType, Role,
+};
 
 /// Where a test connects: the daemon's socket.
 #[derive(Debug, Clone)]
@@ -51,71 +40,13 @@ pub fn connect(addr: &Addr) -> Box<dyn Stream> {
     }
 }
 
-/// One record: header, content, padding to a multiple of 8.
-pub fn record(kind: u8, id: u16, content: &[u8]) -> Vec<u8> {
-    assert!(content.len() <= 65535);
-    let pad = (8 - content.len() % 8) % 8;
-    let mut out = vec![
-        1,
-        kind,
-        (id >> 8) as u8,
-        id as u8,
-        (content.len() >> 8) as u8,
-        content.len() as u8,
-        pad as u8,
-        0,
-    ];
-    out.extend_from_slice(content);
-    out.extend(std::iter::repeat_n(0, pad));
-    out
-}
-
-pub fn begin(id: u16, role: u16, keep_conn: bool) -> Vec<u8> {
+/// A `BEGIN_REQUEST` record.
+pub fn begin(id: u16, role: Role, keep_conn: bool) -> Vec<u8> {
     record(
-        BEGIN_REQUEST,
+        RecordType::BeginRequest,
         id,
-        &[
-            (role >> 8) as u8,
-            role as u8,
-            keep_conn as u8,
-            0,
-            0,
-            0,
-            0,
-            0,
-        ],
+        &BeginRequest { role, keep_conn }.encode(),
     )
-}
-
-fn push_len(out: &mut Vec<u8>, len: usize) {
-    if len < 128 {
-        out.push(len as u8);
-    } else {
-        out.extend_from_slice(&(len as u32 | 0x8000_0000).to_be_bytes());
-    }
-}
-
-/// Name-value pairs, FastCGI encoded.
-pub fn pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(items: &[(K, V)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (k, v) in items {
-        push_len(&mut out, k.as_ref().len());
-        push_len(&mut out, v.as_ref().len());
-        out.extend_from_slice(k.as_ref());
-        out.extend_from_slice(v.as_ref());
-    }
-    out
-}
-
-/// A stream of records of `kind` carrying `data` in pieces of at most
-/// `chunk` bytes, ended by an empty record.
-pub fn stream(kind: u8, id: u16, data: &[u8], chunk: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    for piece in data.chunks(chunk.max(1)) {
-        out.extend(record(kind, id, piece));
-    }
-    out.extend(record(kind, id, &[]));
-    out
 }
 
 /// A whole request as nginx would send it.
@@ -168,14 +99,14 @@ impl Request {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = begin(self.id, RESPONDER, self.keep_conn);
+        let mut out = begin(self.id, Role::Responder, self.keep_conn);
         out.extend(stream(
-            PARAMS,
+            RecordType::Params,
             self.id,
             &pairs(&self.params),
             self.params_chunk,
         ));
-        out.extend(stream(STDIN, self.id, &self.body, 65535));
+        out.extend(stream(RecordType::Stdin, self.id, &self.body, 65535));
         out
     }
 }
@@ -183,16 +114,16 @@ impl Request {
 /// One record as read back.
 #[derive(Debug, Clone)]
 pub struct Record {
-    pub kind: u8,
+    pub kind: RecordType,
     pub id: u16,
     pub content: Vec<u8>,
 }
 
 /// Reads one record; `None` at a clean end of stream.
 pub fn read_record(s: &mut dyn Stream) -> Option<Record> {
-    let mut header = [0u8; 8];
+    let mut header = [0u8; julia_fcgi::fastcgi::HEADER_LEN];
     let mut got = 0;
-    while got < 8 {
+    while got < header.len() {
         match s.read(&mut header[got..]) {
             Ok(0) if got == 0 => return None,
             Ok(0) => panic!("stream ended inside a record header"),
@@ -201,25 +132,29 @@ pub fn read_record(s: &mut dyn Stream) -> Option<Record> {
             Err(e) => panic!("read: {e}"),
         }
     }
-    assert_eq!(header[0], 1, "bad version in {header:?}");
-    let len = u16::from_be_bytes([header[4], header[5]]) as usize;
-    let mut content = vec![0u8; len + header[6] as usize];
+    let header = Header::decode(header);
+    assert_eq!(
+        header.version,
+        julia_fcgi::fastcgi::VERSION,
+        "bad version in {header:?}"
+    );
+    let mut content = vec![0u8; header.body_len()];
     s.read_exact(&mut content).expect("record content");
-    content.truncate(len);
+    content.truncate(header.content_len.into());
     Some(Record {
-        kind: header[1],
-        id: u16::from_be_bytes([header[2], header[3]]),
+        kind: header.kind,
+        id: header.request_id,
         content,
     })
 }
 
 /// What a request produced.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Response {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub app_status: u32,
-    pub protocol_status: u8,
+    pub protocol_status: ProtocolStatus,
     /// Content lengths of the STDOUT records, to check the record split.
     pub stdout_records: Vec<usize>,
 }
@@ -272,23 +207,29 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Reads records until END_REQUEST for `id`.
 pub fn read_response(s: &mut dyn Stream, id: u16) -> Response {
-    let mut resp = Response::default();
+    let mut resp = Response {
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        app_status: 0,
+        protocol_status: ProtocolStatus::RequestComplete,
+        stdout_records: Vec::new(),
+    };
     loop {
         let rec = read_record(s).expect("connection closed before END_REQUEST");
         assert_eq!(rec.id, id, "record for another request: {rec:?}");
         match rec.kind {
-            STDOUT => {
+            RecordType::Stdout => {
                 resp.stdout_records.push(rec.content.len());
                 resp.stdout.extend(rec.content);
             }
-            STDERR => resp.stderr.extend(rec.content),
-            END_REQUEST => {
-                let c = &rec.content;
-                resp.app_status = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
-                resp.protocol_status = c[4];
+            RecordType::Stderr => resp.stderr.extend(rec.content),
+            RecordType::EndRequest => {
+                let end = EndRequest::decode(&rec.content).expect("END_REQUEST body");
+                resp.app_status = end.app_status;
+                resp.protocol_status = end.protocol_status;
                 return resp;
             }
-            other => panic!("unexpected record type {other}"),
+            other => panic!("unexpected record type {other:?}"),
         }
     }
 }
