@@ -12,7 +12,79 @@
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// The per-worker cgroups the config asks for, or why there are none.
+#[derive(Debug, Default)]
+pub struct Cgroups {
+    pub tree: Option<Arc<Tree>>,
+    /// Why they are off, for the log and the status page.
+    pub off: Option<String>,
+}
+
+/// The tree could not be given to the service user.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot chown {}", .path.display())]
+pub struct ChownError {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+impl Cgroups {
+    /// Opens the subtree `root` names (`None`: this process's own cgroup;
+    /// `Some(None)`: cgroups off) and gives it to `owner`, the user the
+    /// master becomes. Not delegated is no error: workers then get process
+    /// groups, said once in the log.
+    pub fn open(
+        root: &Option<Option<PathBuf>>,
+        owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+    ) -> Result<Cgroups, ChownError> {
+        let root = match root {
+            Some(None) => {
+                return Ok(Cgroups {
+                    tree: None,
+                    off: Some("cgroup_root = \"none\" in the config".into()),
+                })
+            }
+            Some(Some(root)) => Some(root.as_path()),
+            None => None,
+        };
+        match Tree::open(root) {
+            Ok(tree) => {
+                if let Some((uid, gid)) = owner {
+                    tree.chown(uid, gid).map_err(|source| ChownError {
+                        path: tree.root().to_owned(),
+                        source,
+                    })?;
+                }
+                tracing::info!(
+                    "per-worker cgroups under {} (controllers: {})",
+                    tree.root().display(),
+                    if tree.controllers().is_empty() {
+                        "none available".to_owned()
+                    } else {
+                        tree.controllers().join(" ")
+                    }
+                );
+                Ok(Cgroups {
+                    tree: Some(Arc::new(tree)),
+                    off: None,
+                })
+            }
+            Err(NotDelegated(why)) => {
+                tracing::warn!(
+                    "per-worker cgroups off: {why}; workers get process groups and die with \
+                     the master"
+                );
+                Ok(Cgroups {
+                    tree: None,
+                    off: Some(why),
+                })
+            }
+        }
+    }
+}
 
 /// Per-worker limits; `None` leaves the kernel's default ("max").
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,20 +115,7 @@ impl Tree {
     pub fn open(root: Option<&Path>) -> Result<Tree, NotDelegated> {
         let root = match root {
             Some(root) => root.to_owned(),
-            None => {
-                let own = own_cgroup()
-                    .map_err(|e| NotDelegated(format!("cannot find own cgroup: {e}")))?;
-                // Root may write the root cgroup, but nobody delegated it:
-                // a plain shell or container, not a service with Delegate=yes.
-                if cgroup2_mount_of(&own).is_some_and(|mount| mount == own) {
-                    return Err(NotDelegated(
-                        "running in the root cgroup, which is never delegated \
-                         (run under systemd with Delegate=yes, or set cgroup_root)"
-                            .into(),
-                    ));
-                }
-                own
-            }
+            None => delegated_own_cgroup()?,
         };
         for file in ["cgroup.procs", "cgroup.subtree_control"] {
             let path = root.join(file);
@@ -67,42 +126,13 @@ impl Tree {
                 )));
             }
         }
-        // No process may stay in a cgroup whose children have controllers:
-        // the master moves itself into a leaf of its own.
-        let supervisor = root.join("supervisor");
-        let setup = || -> io::Result<Vec<String>> {
-            mkdir(&supervisor)?;
-            write(&supervisor.join("cgroup.procs"), "0")?;
-            let available = std::fs::read_to_string(root.join("cgroup.controllers"))?;
-            let wanted: Vec<String> = available
-                .split_whitespace()
-                .filter(|c| ["memory", "pids", "cpu"].contains(c))
-                .map(String::from)
-                .collect();
-            if !wanted.is_empty() {
-                let enable: Vec<String> = wanted.iter().map(|c| format!("+{c}")).collect();
-                write(&root.join("cgroup.subtree_control"), &enable.join(" "))?;
-            }
-            Ok(wanted)
-        };
-        let controllers = setup().map_err(|e| {
+        let controllers = enable_controllers(&root).map_err(|e| {
             NotDelegated(format!(
                 "cannot set up the cgroup tree at {}: {e}",
                 root.display()
             ))
         })?;
-        // Workers of a previous master that died without cleaning up.
-        if let Ok(entries) = std::fs::read_dir(&root) {
-            for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().starts_with("worker-") {
-                    WorkerCgroup {
-                        path: entry.path(),
-                        procs: None,
-                    }
-                    .kill_and_remove();
-                }
-            }
-        }
+        remove_stale_workers(&root);
         Ok(Tree { root, controllers })
     }
 
@@ -165,6 +195,57 @@ impl Tree {
             path,
             procs: Some(procs.into()),
         })
+    }
+}
+
+/// This process's own cgroup, if it can have been delegated.
+fn delegated_own_cgroup() -> Result<PathBuf, NotDelegated> {
+    let own = own_cgroup().map_err(|e| NotDelegated(format!("cannot find own cgroup: {e}")))?;
+    // Root may write the root cgroup, but nobody delegated it: a plain
+    // shell or container, not a service with Delegate=yes.
+    if cgroup2_mount_of(&own).is_some_and(|mount| mount == own) {
+        return Err(NotDelegated(
+            "running in the root cgroup, which is never delegated \
+             (run under systemd with Delegate=yes, or set cgroup_root)"
+                .into(),
+        ));
+    }
+    Ok(own)
+}
+
+/// Moves the master into a leaf `supervisor/` (no process may stay in a
+/// cgroup whose children have controllers) and enables the controllers
+/// the workers' limits need, of those available; returns them.
+fn enable_controllers(root: &Path) -> io::Result<Vec<String>> {
+    let supervisor = root.join("supervisor");
+    mkdir(&supervisor)?;
+    write(&supervisor.join("cgroup.procs"), "0")?;
+    let available = std::fs::read_to_string(root.join("cgroup.controllers"))?;
+    let wanted: Vec<String> = available
+        .split_whitespace()
+        .filter(|c| ["memory", "pids", "cpu"].contains(c))
+        .map(String::from)
+        .collect();
+    if !wanted.is_empty() {
+        let enable: Vec<String> = wanted.iter().map(|c| format!("+{c}")).collect();
+        write(&root.join("cgroup.subtree_control"), &enable.join(" "))?;
+    }
+    Ok(wanted)
+}
+
+/// Workers of a previous master that died without cleaning up.
+fn remove_stale_workers(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("worker-") {
+            WorkerCgroup {
+                path: entry.path(),
+                procs: None,
+            }
+            .kill_and_remove();
+        }
     }
 }
 

@@ -48,6 +48,8 @@ pub mod notify;
 pub mod pool;
 pub mod privileges;
 pub mod queue;
+pub mod runtime_dir;
 pub mod scoreboard;
+pub mod signals;
 pub mod status;
 pub mod worker;

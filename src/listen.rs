@@ -195,6 +195,60 @@ fn bind_error(addr: impl ToString, source: impl Into<io::Error>) -> ListenError 
     }
 }
 
+/// Where the master's status page is served.
+#[derive(Debug)]
+pub enum StatusSocket {
+    /// systemd passed it (`FileDescriptorName=status`).
+    Passed(OwnedFd),
+    /// Bound here ([`bind_status`]); a unix socket file is removed on exit.
+    Bound(Listener),
+}
+
+impl StatusSocket {
+    /// The socket systemd `passed`, else one bound as the settings say.
+    pub fn acquire(passed: Option<OwnedFd>, settings: &Settings) -> Result<Self, ListenError> {
+        Ok(match passed {
+            Some(fd) => StatusSocket::Passed(fd),
+            None => StatusSocket::Bound(bind_status(settings)?),
+        })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            StatusSocket::Passed(fd) => fd.as_fd(),
+            StatusSocket::Bound(listener) => listener.fd.as_fd(),
+        }
+    }
+
+    /// What it listens on, for the log.
+    pub fn description(&self) -> &str {
+        match self {
+            StatusSocket::Passed(_) => "the socket systemd passed",
+            StatusSocket::Bound(listener) => &listener.description,
+        }
+    }
+}
+
+impl Sockets {
+    /// Warns when the FastCGI socket was bound on every interface: anyone
+    /// who reaches it runs pages.
+    pub fn warn_if_exposed(&self, settings: &Settings) {
+        if let (
+            Origin::Bound,
+            ListenAddr::Tcp {
+                all_interfaces: true,
+                addr,
+            },
+        ) = (&self.fastcgi.origin, &settings.listen)
+        {
+            tracing::warn!(
+                "listening on every interface ({addr}): anyone who can reach this port can run \
+                 any .jl file this user can read; prefer 127.0.0.1 or a unix socket"
+            );
+        }
+    }
+}
+
 fn bind(settings: &Settings) -> Result<Listener, ListenError> {
     bind_addr(&settings.listen, settings.socket_mode, settings)
 }

@@ -58,6 +58,7 @@ pub enum Event {
     /// Still starting, busy with `what` (the log has the details).
     Starting {
         slot: u32,
+        pid: u32,
         what: String,
     },
     Ready {
@@ -118,6 +119,25 @@ impl Handle {
         }
         if let Err(e) = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL) {
             tracing::debug!(worker = self.slot, worker_pid = self.pid, "kill: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+impl Handle {
+    /// A handle to no process, for the pool's tests: its pid is beyond
+    /// Linux's `PID_MAX_LIMIT`, so no signal reaches anyone, and its
+    /// commands go nowhere.
+    pub(crate) fn detached(slot: u32, pid: u32) -> Handle {
+        assert!(pid > 1 << 22, "a pid no process can have");
+        let (commands, _) = mpsc::unbounded_channel();
+        Handle {
+            slot,
+            pid,
+            board_slot: None,
+            cgroup: None,
+            started: std::time::Instant::now(),
+            commands,
         }
     }
 }
@@ -376,7 +396,7 @@ impl Actor {
                 let _ = self.events.send(Event::Ready { slot, pid });
             }
             Ok(FromWorker::Starting { what }) => {
-                let _ = self.events.send(Event::Starting { slot, what });
+                let _ = self.events.send(Event::Starting { slot, pid, what });
             }
             Ok(FromWorker::Exiting { reason }) => {
                 tracing::debug!(worker = slot, worker_pid = pid, "leaving: {reason}");

@@ -4,69 +4,103 @@
 
 use tokio::time::Instant;
 
+use super::life::{EndReason, Life};
 use super::restart::{End, Next, STORM_WINDOW};
-use super::{Pool, PoolError, SlotState};
+use super::{Current, Pool, PoolError};
 use crate::scoreboard::Snapshot;
+use crate::status::stats::Restart;
 use crate::worker::Exit;
+
+/// How a slot's current worker's end counts, from the life it ended in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ended {
+    /// It never said READY: a failed start.
+    BeforeReady,
+    /// It left on purpose: a policy ended it, or it said why (`EXITING`).
+    Left(Why),
+    /// It was ready and died.
+    Died,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Why {
+    Policy(EndReason),
+    Said(String),
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Why::Policy(why) => why.fmt(f),
+            Why::Said(reason) => f.write_str(reason),
+        }
+    }
+}
+
+fn ended(life: &Life, planned: Option<&str>) -> Ended {
+    match life {
+        Life::Spawning { .. }
+        | Life::Killed {
+            why: EndReason::StartTimeout,
+            ..
+        } => Ended::BeforeReady,
+        Life::Ready => match planned {
+            Some(reason) => Ended::Left(Why::Said(reason.to_owned())),
+            None => Ended::Died,
+        },
+        Life::Ending { why, .. } | Life::Killed { why, .. } => {
+            Ended::Left(Why::Policy(why.clone()))
+        }
+    }
+}
 
 impl Pool {
     pub(super) fn on_exit(&mut self, exit: Exit) -> Result<(), PoolError> {
-        if let Some(i) = self.retiring.iter().position(|r| r.handle.pid == exit.pid) {
+        if let Some(i) = self.leaving.iter().position(|w| w.handle.pid == exit.pid) {
             tracing::debug!(
                 worker = exit.slot,
                 worker_pid = exit.pid,
                 "old worker left: {}",
                 describe_status(&exit)
             );
-            let retired = self.retiring.swap_remove(i);
-            self.release(&retired.handle);
+            let worker = self.leaving.swap_remove(i);
+            self.release(&worker.handle);
             return Ok(());
         }
         let Some(index) = self.slots.iter().position(|s| s.number == exit.slot) else {
             return Ok(());
         };
         let slot = &mut self.slots[index];
-        if slot
-            .successor
-            .as_ref()
-            .is_some_and(|(h, _)| h.pid == exit.pid)
-        {
-            if let Some((handle, _)) = slot.successor.take() {
-                self.release(&handle);
-            }
+        if let Some(successor) = slot.successor.take_if(|s| s.worker.handle.pid == exit.pid) {
+            self.release(&successor.worker.handle);
             self.successor_failed(index, &exit);
             return Ok(());
         }
-        match slot.handle() {
-            Some(handle) if handle.pid == exit.pid => {
-                if let (Some(board), Some(i)) = (self.board.as_mut(), handle.board_slot) {
-                    board.release(i);
-                }
-            }
-            _ => return Ok(()),
-        }
-        let how = explain_death(&exit, slot.last.as_ref());
-        if let Some(last) = slot.last.take() {
-            self.retired_requests += last.requests;
-        }
-        if !matches!(self.slots[index].state, SlotState::Running { .. }) {
-            return self.failed_start(index, &exit, &how);
-        }
-        let planned = self.slots[index]
-            .ending
-            .take()
-            .map(|ending| ending.reason)
-            .or_else(|| exit.planned.clone());
-        match planned {
-            Some(reason) => self.left(index, &exit, &reason),
-            None => self.died(index, &exit, &how),
-        }
+        let now = Instant::now();
+        let Some(worker) = slot.take_worker(exit.pid, now) else {
+            return Ok(());
+        };
+        self.release(&worker.handle);
+        let how = explain_death(&exit, worker.last.as_ref());
+        self.stats.worker_left(worker.last.as_ref());
+        let start_at = match ended(&worker.life, exit.planned.as_deref()) {
+            Ended::BeforeReady => self.failed_start(index, &exit, &how, now)?,
+            Ended::Left(why) => self.left(index, &exit, &why, now),
+            Ended::Died => self.died(index, &exit, &how, now),
+        };
+        self.slots[index].current = Current::Vacant { start_at };
         Ok(())
     }
 
     /// A worker that never became ready: retried with back-off, and fatal
     /// before the pool ever served (a setup error, not bad luck).
-    fn failed_start(&mut self, index: usize, exit: &Exit, how: &str) -> Result<(), PoolError> {
+    fn failed_start(
+        &mut self,
+        index: usize,
+        exit: &Exit,
+        how: &str,
+        now: Instant,
+    ) -> Result<Instant, PoolError> {
         tracing::error!(
             worker = exit.slot,
             worker_pid = exit.pid,
@@ -75,7 +109,6 @@ impl Pool {
             exit.pid,
             stderr_text(exit)
         );
-        let now = Instant::now();
         let slot = &mut self.slots[index];
         let next = slot.history.next(End::BeforeReady, now, self.ever_ready);
         if let Next::GiveUp { failures } = next {
@@ -86,50 +119,43 @@ impl Pool {
         }
         let delay = next.delay();
         tracing::warn!(worker = exit.slot, "next start in {delay:?}");
-        slot.state = SlotState::Waiting { until: now + delay };
-        Ok(())
+        Ok(now + delay)
     }
 
     /// A worker that left on purpose (a page's `exit()`, a STOP, a policy):
     /// replaced at once, never counted as a crash.
-    fn left(&mut self, index: usize, exit: &Exit, reason: &str) {
-        if reason == "request_terminate_timeout" {
-            self.restarts.timeout += 1;
-        } else {
-            self.restarts.exit += 1;
-        }
+    fn left(&mut self, index: usize, exit: &Exit, why: &Why, now: Instant) -> Instant {
+        self.stats.restarted(match why {
+            Why::Policy(EndReason::TerminateTimeout) => Restart::Timeout,
+            _ => Restart::Exit,
+        });
         tracing::info!(
             worker = exit.slot,
             worker_pid = exit.pid,
-            "worker {} (pid {}) left ({reason}); replacing it",
+            "worker {} (pid {}) left ({why}); replacing it",
             exit.slot,
             exit.pid
         );
-        let now = Instant::now();
-        let slot = &mut self.slots[index];
-        let next = slot.history.next(End::Left, now, self.ever_ready);
-        slot.state = SlotState::Waiting {
-            until: now + next.delay(),
-        };
+        let next = self.slots[index]
+            .history
+            .next(End::Left, now, self.ever_ready);
+        now + next.delay()
     }
 
     /// A ready worker that died: replaced at once (a page that kills its
     /// worker must not cost the pool capacity), unless its slot dies faster
     /// than a worker can warm up and serve: a fork storm, slowed down by
     /// seconds at most.
-    fn died(&mut self, index: usize, exit: &Exit, how: &str) {
+    fn died(&mut self, index: usize, exit: &Exit, how: &str, now: Instant) -> Instant {
         let oom = exit
             .memory
             .as_ref()
             .is_some_and(|(events, _)| events.oom_kill > 0);
-        if oom {
-            self.restarts.oom += 1;
-        } else {
-            self.restarts.crash += 1;
-        }
-        let now = Instant::now();
-        let slot = &mut self.slots[index];
-        let next = slot.history.next(End::Died, now, self.ever_ready);
+        self.stats
+            .restarted(if oom { Restart::Oom } else { Restart::Crash });
+        let next = self.slots[index]
+            .history
+            .next(End::Died, now, self.ever_ready);
         let (number, pid) = (exit.slot, exit.pid);
         match &next {
             Next::Storm { delay, deaths } => tracing::error!(
@@ -144,9 +170,7 @@ impl Pool {
                 "worker died: worker {number} (pid {pid}) {how}; replacing it"
             ),
         }
-        slot.state = SlotState::Waiting {
-            until: now + next.delay(),
-        };
+        now + next.delay()
     }
 }
 
@@ -238,6 +262,35 @@ mod tests {
                 Some("536870912".into()),
             )),
         }
+    }
+
+    #[test]
+    fn an_end_counts_by_the_life_it_ended_in() {
+        let now = Instant::now();
+        let spawning = Life::spawned(now);
+        assert_eq!(ended(&spawning, None), Ended::BeforeReady);
+        let timed_out = Life::Killed {
+            why: EndReason::StartTimeout,
+            at: now,
+        };
+        assert_eq!(ended(&timed_out, None), Ended::BeforeReady);
+        assert_eq!(ended(&Life::Ready, None), Ended::Died);
+        assert_eq!(
+            ended(&Life::Ready, Some("page called exit()")),
+            Ended::Left(Why::Said("page called exit()".into()))
+        );
+        let terminated = Life::Killed {
+            why: EndReason::TerminateTimeout,
+            at: now,
+        };
+        assert_eq!(
+            ended(&terminated, Some("stopping")),
+            Ended::Left(Why::Policy(EndReason::TerminateTimeout))
+        );
+        assert_eq!(
+            Why::Policy(EndReason::TerminateTimeout).to_string(),
+            "request_terminate_timeout"
+        );
     }
 
     #[test]

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::life::{EndReason, Life};
 use super::restart::STORM_WINDOW;
-use super::{Event, Phase, Pool, SlotState, OVERDUE};
+use super::{Event, Phase, Pool, Slot, OVERDUE};
 
 impl Pool {
     /// `WATCHDOG=1`, but only while the supervisor does its job. Sent from
@@ -18,16 +19,8 @@ impl Pool {
     /// repeat them (a restart storm).
     pub(super) fn watchdog(&mut self) {
         let now = Instant::now();
-        let overdue = self.slots.iter().any(|slot| match &slot.state {
-            SlotState::Waiting { until } => now.saturating_duration_since(*until) > OVERDUE,
-            SlotState::Starting { deadline, .. } => {
-                now.saturating_duration_since(*deadline) > OVERDUE
-            }
-            SlotState::Running { .. } => false,
-        }) || self
-            .retiring
-            .iter()
-            .any(|r| now.saturating_duration_since(r.deadline) > OVERDUE + OVERDUE);
+        let overdue = self.slots.iter().any(|slot| slot.overdue(now, OVERDUE))
+            || self.leaving.iter().any(|w| w.life.overdue(now, OVERDUE));
         if overdue {
             tracing::error!("supervisor timers are overdue; withholding the watchdog ping");
         } else {
@@ -36,49 +29,40 @@ impl Pool {
     }
 
     pub(super) fn status_text(&self) -> String {
-        let ready = self
-            .slots
-            .iter()
-            .filter(|s| matches!(s.state, SlotState::Running { .. }))
-            .count();
+        let ready = self.slots.iter().filter(|s| s.is_ready()).count();
         let size = self.slots.len();
         let mut text = match self.phase {
             Phase::Starting => format!("starting workers: {ready}/{size} ready"),
             Phase::Serving => format!("{ready}/{size} workers ready"),
-            Phase::Reloading => {
+            Phase::Reloading { .. } => {
+                let generation = self.generation;
                 let done = self
                     .slots
                     .iter()
-                    .filter(|s| s.generation == self.generation)
+                    .filter(|s| s.worker().is_some_and(|w| w.generation == generation))
                     .count();
                 format!("{ready}/{size} workers ready; reloading: {done}/{size} replaced")
             }
         };
-        if let Some(load) = self.load_text() {
+        if self.board.is_some() {
+            let slots = self.slots.iter().filter_map(|s| s.worker()?.last.as_ref());
             text.push_str(": ");
-            text.push_str(&load);
+            text.push_str(&self.stats.load_text(slots));
         }
-        for (number, what) in &self.starting {
-            text.push_str(&format!("; worker {number}: {what}"));
+        for slot in &self.slots {
+            for worker in slot.workers() {
+                if let Life::Spawning {
+                    doing: Some(what), ..
+                } = &worker.life
+                {
+                    text.push_str(&format!("; worker {}: {what}", slot.number));
+                }
+            }
         }
         if self.cgroups_off.is_some() {
             text.push_str("; per-worker cgroups off");
         }
-        // Slots waiting out a pause, and why: the operator's first question.
-        let now = Instant::now();
-        let waiting: Vec<String> = self
-            .slots
-            .iter()
-            .filter(|s| matches!(s.state, SlotState::Waiting { until } if until > now))
-            .map(|s| match s.history.start_failures() {
-                0 => format!(
-                    "worker {} ({} deaths in {STORM_WINDOW:?}, fork storm guard)",
-                    s.number,
-                    s.history.recent_deaths(now)
-                ),
-                n => format!("worker {} cannot start ({n} failures)", s.number),
-            })
-            .collect();
+        let waiting = backing_off(&self.slots, Instant::now());
         if !waiting.is_empty() {
             text.push_str("; backing off: ");
             text.push_str(&waiting.join(", "));
@@ -107,33 +91,30 @@ impl Pool {
     /// then kills what is left.
     pub(super) async fn drain(&mut self) {
         self.notifier.stopping();
-        let grace = self.options.shutdown_grace;
+        let grace = self.config.options.shutdown_grace;
         for slot in std::mem::take(&mut self.slots) {
-            if let Some((successor, _)) = slot.successor {
-                self.retire(successor, grace);
-            }
-            if let SlotState::Starting { handle, .. } | SlotState::Running { handle } = slot.state {
-                self.retire(handle, grace);
+            for worker in slot.into_workers() {
+                self.leave(worker, EndReason::Shutdown);
             }
         }
         tracing::info!(
             "stopping {} worker(s); requests in progress get {grace:?} to finish",
-            self.retiring.len()
+            self.leaving.len()
         );
         let give_up = Instant::now() + grace + Duration::from_secs(5);
-        while !self.retiring.is_empty() {
+        while !self.leaving.is_empty() {
             let deadline = self.next_deadline().unwrap_or(give_up).min(give_up);
             tokio::select! {
                 Some(event) = self.events.recv() => {
                     if let Event::Exited(exit) = event {
-                        self.retiring.retain(|r| r.handle.pid != exit.pid);
+                        self.leaving.retain(|w| w.handle.pid != exit.pid);
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     if Instant::now() >= give_up {
                         tracing::error!(
                             "{} worker(s) did not exit even after SIGKILL",
-                            self.retiring.len()
+                            self.leaving.len()
                         );
                         return;
                     }
@@ -146,4 +127,20 @@ impl Pool {
         self.flush_logs(Instant::now() + crate::worker::LOG_WINDOW);
         tracing::info!("all workers stopped");
     }
+}
+
+/// Slots waiting out a pause, and why: the operator's first question.
+fn backing_off(slots: &[Slot], now: Instant) -> Vec<String> {
+    slots
+        .iter()
+        .filter(|s| s.start_at().is_some_and(|at| at > now))
+        .map(|s| match s.history.start_failures() {
+            0 => format!(
+                "worker {} ({} deaths in {STORM_WINDOW:?}, fork storm guard)",
+                s.number,
+                s.history.recent_deaths(now)
+            ),
+            n => format!("worker {} cannot start ({n} failures)", s.number),
+        })
+        .collect()
 }

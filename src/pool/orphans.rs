@@ -22,7 +22,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
-use super::{Pool, SlotState};
+use super::Pool;
 
 /// A child of the master that is not one of its workers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +114,7 @@ impl Pool {
     /// the reaper of what pages detach (this module); and never inspectable
     /// by its workers, which run as the same user.
     pub(super) fn prepare_process(&self) {
-        if self.spec.cgroups.is_none() {
+        if self.config.spec.cgroups.is_none() {
             if let Err(e) = become_subreaper() {
                 tracing::warn!(
                     "cannot become a child subreaper ({e}): programs that pages detach from \
@@ -127,27 +127,20 @@ impl Pool {
         }
     }
 
-    /// Every worker process the pool knows of: slots, successors, retiring.
+    /// Every worker process the pool knows of: slots, successors, leaving.
     fn worker_pids(&self) -> HashSet<u32> {
-        let slots = self.slots.iter().flat_map(|slot| {
-            let own = match &slot.state {
-                SlotState::Starting { handle, .. } | SlotState::Running { handle } => {
-                    Some(handle.pid)
-                }
-                SlotState::Waiting { .. } => None,
-            };
-            own.into_iter()
-                .chain(slot.successor.as_ref().map(|(h, _)| h.pid))
-        });
-        slots
-            .chain(self.retiring.iter().map(|r| r.handle.pid))
+        self.slots
+            .iter()
+            .flat_map(|slot| slot.workers())
+            .chain(&self.leaving)
+            .map(|worker| worker.handle.pid)
             .collect()
     }
 
     /// Kills and reaps the orphans that came back to the master. Only
     /// without cgroups: only then is it a subreaper.
     pub(super) fn sweep_orphans(&mut self) {
-        if self.spec.cgroups.is_some() {
+        if self.config.spec.cgroups.is_some() {
             return;
         }
         let workers = self.worker_pids();

@@ -1,74 +1,78 @@
 //! Reloading: a new configuration rolls out worker by worker, each new
 //! worker warm before the old one it replaces is told to leave, so the pool
 //! never serves with fewer ready workers; recycling a worker uses the same
-//! hand-over.
-
-use std::sync::Arc;
-
-use tokio::time::Instant;
+//! hand-over. Everything the configuration holds applies: the worker spec,
+//! the pool's shape, and the policies (request timeouts, recycling, the
+//! process manager) from the moment the reload begins.
 
 use super::exits::{describe_status, stderr_text};
-use super::{Phase, Pool, Reload, Slot, SlotState, START_ATTEMPTS};
+use super::life::EndReason;
+use super::{Config, Phase, Pool, Slot, Successor, START_ATTEMPTS};
 use crate::worker::Exit;
 
 impl Pool {
     /// Takes a new configuration: validated already, it is rolled out slot
     /// by slot so that the pool never serves with fewer ready workers.
-    pub(super) fn begin_reload(&mut self, reload: Reload) {
-        if self.phase == Phase::Reloading {
+    pub(super) fn begin_reload(&mut self, config: Config) {
+        if matches!(self.phase, Phase::Reloading { .. }) {
             tracing::warn!("reload requested while a reload is in progress; starting over");
         }
         self.notifier.reloading();
-        let old_spec = std::mem::replace(&mut self.spec, Arc::new(reload.spec));
-        let old_options = std::mem::replace(&mut self.options, reload.options);
-        if self.previous.is_none() {
-            self.previous = Some((old_spec, old_options));
-        }
+        let old = std::mem::replace(&mut self.config, config);
+        // A reload in progress keeps the configuration it would fall back
+        // to: the last one that was serving.
+        let previous = match std::mem::replace(&mut self.phase, Phase::Serving) {
+            Phase::Reloading { previous } => previous,
+            Phase::Starting | Phase::Serving => Box::new(old),
+        };
+        self.phase = Phase::Reloading { previous };
         self.generation += 1;
         self.resize();
-        self.phase = Phase::Reloading;
         tracing::info!(
             "reloading: rolling {} worker(s) over to configuration generation {}",
-            self.options.size,
+            self.config.options.size,
             self.generation
         );
     }
 
     /// Grows or shrinks the pool to the configured size.
     pub(super) fn resize(&mut self) {
-        let size = self.options.size as usize;
+        let size = self.config.options.size as usize;
         while self.slots.len() < size {
             let number = self.slots.len() as u32 + 1;
-            self.slots.push(Slot::new(number, self.generation));
+            self.slots.push(Slot::new(number));
         }
-        let grace = self.options.shutdown_grace;
         while self.slots.len() > size {
             let slot = self.slots.pop().expect("more slots than wanted");
-            if let Some((successor, _)) = slot.successor {
-                self.retire(successor, grace);
-            }
-            if let SlotState::Starting { handle, .. } | SlotState::Running { handle } = slot.state {
-                self.retire(handle, grace);
+            for worker in slot.into_workers() {
+                self.leave(worker, EndReason::ScaledDown);
             }
         }
     }
 
     /// One slot at a time: start a new-generation worker next to an old one.
     pub(super) fn advance_reload(&mut self) {
-        if self.phase != Phase::Reloading || self.slots.iter().any(|s| s.successor.is_some()) {
+        if !matches!(self.phase, Phase::Reloading { .. })
+            || self.slots.iter().any(|s| s.successor.is_some())
+        {
             return;
         }
         let generation = self.generation;
-        let old = self.slots.iter().position(|s| {
-            s.generation < generation && matches!(s.state, SlotState::Running { .. })
-        });
+        let of_this_generation =
+            |slot: &Slot| slot.worker().is_some_and(|w| w.generation == generation);
+        let old = self
+            .slots
+            .iter()
+            .position(|s| s.is_ready() && !of_this_generation(s));
         match old {
             Some(index) => {
                 let number = self.slots[index].number;
                 match self.spawn_worker(number) {
-                    Ok(handle) => {
-                        let deadline = Instant::now() + self.options.start_timeout;
-                        self.slots[index].successor = Some((handle, deadline));
+                    Ok(worker) => {
+                        self.slots[index].successor = Some(Successor {
+                            worker,
+                            replaces: EndReason::Retired,
+                        });
                     }
                     Err(e) => {
                         tracing::error!(worker = number, "reload: cannot start a new worker: {e}");
@@ -76,12 +80,12 @@ impl Pool {
                     }
                 }
             }
-            None if self.slots.iter().all(|s| {
-                s.generation == generation && matches!(s.state, SlotState::Running { .. })
-            }) =>
+            None if self
+                .slots
+                .iter()
+                .all(|s| s.is_ready() && of_this_generation(s)) =>
             {
                 self.phase = Phase::Serving;
-                self.previous = None;
                 tracing::info!("reload complete: generation {generation} serving");
                 let status = self.status_text();
                 self.notifier.ready(&status);
@@ -106,26 +110,30 @@ impl Pool {
     }
 
     /// The new configuration cannot start workers: keep serving with the old
-    /// workers and the old configuration.
+    /// workers and the old configuration, policies included.
     pub(super) fn abort_reload(&mut self) {
-        let Some((spec, options)) = self.previous.take() else {
-            return;
+        let previous = match std::mem::replace(&mut self.phase, Phase::Serving) {
+            Phase::Reloading { previous } => previous,
+            other => {
+                self.phase = other;
+                return;
+            }
         };
         tracing::error!(
             "reload aborted: the new configuration cannot start workers; \
              still serving with the previous one"
         );
-        self.spec = spec;
-        self.options = options;
+        self.config = *previous;
         self.generation += 1;
         let generation = self.generation;
         for slot in &mut self.slots {
-            slot.generation = generation;
+            if let Some(worker) = slot.worker_mut() {
+                worker.generation = generation;
+            }
             // Its running worker was ready all along.
             slot.history.ready();
         }
         self.resize();
-        self.phase = Phase::Serving;
         let status = self.status_text();
         self.notifier.ready(&status);
     }

@@ -4,11 +4,49 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::config::ListenAddr;
+
+/// How `julia-fcgi status` shows what it fetched.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Show {
+    /// The report as JSON rather than a table.
+    pub json: bool,
+    /// Again every second, on a cleared screen, like watch(1).
+    pub watch: bool,
+}
+
+/// `julia-fcgi status`: asks the instance at `addr` and prints what it says
+/// (every second with `watch`, until it fails).
+pub fn run(addr: &ListenAddr, show: Show) -> ExitCode {
+    loop {
+        match fetch(addr) {
+            Ok(report) => {
+                if show.watch {
+                    // Clear the screen and go home, like watch(1).
+                    print!("\x1b[2J\x1b[H");
+                }
+                if show.json {
+                    println!("{report}");
+                } else {
+                    print!("{}", table(&report));
+                }
+            }
+            Err(e) => {
+                eprintln!("julia-fcgi status: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        if !show.watch {
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
 
 /// Fetches `/status?json&full` from the status socket at `addr` over plain
 /// HTTP.

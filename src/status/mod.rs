@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod report;
+pub mod stats;
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
