@@ -20,7 +20,10 @@ is the real environment read back (slow path) before diffing.
 """
 module Env
 
-const ENVIRON = cglobal(:environ, Ptr{Ptr{UInt8}})
+# The address of C's `environ` belongs to the running process: looked up
+# when used, never stored in a constant, which a system image would keep
+# from the process that built it (the pool sysimage did, and crashed).
+environ() = cglobal(:environ, Ptr{Ptr{UInt8}})
 
 mutable struct EnvState
     base::Dict{String,String}      # the worker's own environment
@@ -47,7 +50,7 @@ end
 
 function snapshot!(v::Vector{Ptr{UInt8}})
     empty!(v)
-    p = unsafe_load(ENVIRON)
+    p = unsafe_load(environ())
     p == C_NULL && return v
     i = 1
     while (q = unsafe_load(p, i)) != C_NULL
@@ -59,7 +62,7 @@ end
 
 """Has anything but us changed the environment since the last snapshot?"""
 function changed(v::Vector{Ptr{UInt8}})::Bool
-    p = unsafe_load(ENVIRON)
+    p = unsafe_load(environ())
     p == C_NULL && return !isempty(v)
     for i in 1:length(v)
         unsafe_load(p, i) == @inbounds(v[i]) || return true

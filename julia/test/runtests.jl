@@ -5,9 +5,13 @@
 #               runtime, in process
 # roundtrip.jl  real worker processes on a unix socket, raw FastCGI
 # stdio.jl      a page's fds 0-2 and streams, against a real worker
+# image.jl      on the pool sysimage only: process state is the process's
 using Test
 
-include(joinpath(@__DIR__, "..", "src", "JuliaFCGI.jl"))
+# On the pool sysimage (`julia -J IMAGE runtests.jl`, tests/sysimage.rs) the
+# worker's modules are the image's: test those, not a fresh copy.
+const FROM_IMAGE = isdefined(Main, :JuliaFCGI)
+FROM_IMAGE || include(joinpath(@__DIR__, "..", "src", "JuliaFCGI.jl"))
 include("client.jl")
 
 const ROUNDTRIP_ENABLED = get(ENV, "JULIA_FCGI_TEST_UNITS_ONLY", "") != "1"
@@ -25,6 +29,7 @@ STDIO === nothing || atexit(() -> process_running(STDIO[2].proc) && kill(STDIO[2
     include("units.jl")
     include("pages.jl")
     include("params.jl")
+    FROM_IMAGE && include("image.jl")
     ROUNDTRIP_ENABLED && run_roundtrip_tests()
     ROUNDTRIP_ENABLED && run_stdio_tests()
 end
