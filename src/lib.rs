@@ -33,6 +33,7 @@
 //! - [`privileges`]: dropping root for good.
 //! - [`notify`]: `sd_notify` readiness, status, watchdog.
 //! - [`logging`]: `tracing` to the journal or stderr.
+//! - [`sysimage`]: the pool sysimage: building one, and choosing (or refusing) it.
 //!
 //! `main.rs` only parses arguments and wires these together.
 
@@ -52,4 +53,5 @@ pub mod runtime_dir;
 pub mod scoreboard;
 pub mod signals;
 pub mod status;
+pub mod sysimage;
 pub mod worker;
