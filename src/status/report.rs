@@ -200,82 +200,20 @@ impl Report {
     /// The Prometheus / OpenMetrics exposition.
     pub fn openmetrics(&self) -> String {
         let mut registry = Registry::with_prefix("julia_fcgi");
-        let gauge = |registry: &mut Registry, name: &str, help: &str, value: i64| {
-            let g: Gauge = Gauge::default();
-            g.set(value);
-            registry.register(name, help, g);
-        };
-        let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
-            let c: Counter = Counter::default();
-            c.inc_by(value);
-            registry.register(name, help, c);
-        };
-        counter(
-            &mut registry,
-            "accepted_connections",
-            "Requests accepted by the pool",
-            self.accepted_conn,
-        );
-        gauge(
-            &mut registry,
-            "listen_queue",
-            "Connections waiting in the listen queue",
-            self.listen_queue.into(),
-        );
-        gauge(
-            &mut registry,
-            "max_listen_queue",
-            "Most connections seen waiting",
-            self.max_listen_queue.into(),
-        );
-        gauge(
-            &mut registry,
-            "listen_queue_len",
-            "Size of the listen queue (backlog)",
-            self.listen_queue_len.into(),
-        );
-        gauge(
-            &mut registry,
-            "idle_processes",
-            "Idle workers",
-            self.idle_processes.into(),
-        );
-        gauge(
-            &mut registry,
-            "active_processes",
-            "Busy workers",
-            self.active_processes.into(),
-        );
-        gauge(
-            &mut registry,
-            "total_processes",
-            "Workers",
-            self.total_processes.into(),
-        );
-        gauge(
-            &mut registry,
-            "max_active_processes",
-            "Most workers busy at once",
-            self.max_active_processes.into(),
-        );
-        counter(
-            &mut registry,
-            "max_children_reached",
-            "Times the dynamic pool hit max_children",
-            self.max_children_reached,
-        );
-        counter(
-            &mut registry,
-            "slow_requests",
-            "Requests past request_slowlog_timeout",
-            self.slow_requests,
-        );
-        gauge(
-            &mut registry,
-            "start_time_seconds",
-            "When the pool started (Unix time)",
-            self.start_time as i64,
-        );
+        for (name, help, value) in self.metrics() {
+            match value {
+                Metric::Counter(n) => {
+                    let counter: Counter = Counter::default();
+                    counter.inc_by(n);
+                    registry.register(name, help, counter);
+                }
+                Metric::Gauge(n) => {
+                    let gauge: Gauge = Gauge::default();
+                    gauge.set(n);
+                    registry.register(name, help, gauge);
+                }
+            }
+        }
         let restarts = Family::<Vec<(String, String)>, Counter>::default();
         for (cause, n) in [
             ("exit", self.restarts.exit),
@@ -293,9 +231,117 @@ impl Report {
         encode(&mut out, &registry).expect("writing to a String cannot fail");
         out
     }
+
+    /// The pool's figures as metrics: name, help, value.
+    fn metrics(&self) -> [(&'static str, &'static str, Metric); 11] {
+        use Metric::{Counter as C, Gauge as G};
+        [
+            (
+                "accepted_connections",
+                "Requests accepted by the pool",
+                C(self.accepted_conn),
+            ),
+            (
+                "listen_queue",
+                "Connections waiting in the listen queue",
+                G(self.listen_queue.into()),
+            ),
+            (
+                "max_listen_queue",
+                "Most connections seen waiting",
+                G(self.max_listen_queue.into()),
+            ),
+            (
+                "listen_queue_len",
+                "Size of the listen queue (backlog)",
+                G(self.listen_queue_len.into()),
+            ),
+            (
+                "idle_processes",
+                "Idle workers",
+                G(self.idle_processes.into()),
+            ),
+            (
+                "active_processes",
+                "Busy workers",
+                G(self.active_processes.into()),
+            ),
+            ("total_processes", "Workers", G(self.total_processes.into())),
+            (
+                "max_active_processes",
+                "Most workers busy at once",
+                G(self.max_active_processes.into()),
+            ),
+            (
+                "max_children_reached",
+                "Times the dynamic pool hit max_children",
+                C(self.max_children_reached),
+            ),
+            (
+                "slow_requests",
+                "Requests past request_slowlog_timeout",
+                C(self.slow_requests),
+            ),
+            (
+                "start_time_seconds",
+                "When the pool started (Unix time)",
+                G(i64::try_from(self.start_time).unwrap_or(i64::MAX)),
+            ),
+        ]
+    }
+}
+
+/// One figure of the OpenMetrics exposition.
+#[derive(Debug, Clone, Copy)]
+enum Metric {
+    /// Only ever grows.
+    Counter(u64),
+    /// Goes up and down.
+    Gauge(i64),
 }
 
 /// Microseconds, saturating.
 pub fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_has_every_figure_in_order_and_each_restart_cause() {
+        let report = Report {
+            accepted_conn: 7,
+            listen_queue: 1,
+            total_processes: 2,
+            max_children_reached: 3,
+            start_time: 1_700_000_000,
+            restarts: Restarts {
+                crash: 2,
+                ..Restarts::default()
+            },
+            ..Report::default()
+        };
+        let text = report.openmetrics();
+        let order = [
+            "# TYPE julia_fcgi_accepted_connections counter",
+            "julia_fcgi_accepted_connections_total 7",
+            "# TYPE julia_fcgi_listen_queue gauge",
+            "julia_fcgi_listen_queue 1",
+            "julia_fcgi_total_processes 2",
+            "julia_fcgi_max_children_reached_total 3",
+            "julia_fcgi_start_time_seconds 1700000000",
+            "julia_fcgi_worker_restarts_total{cause=\"crash\"} 2",
+            "# EOF",
+        ];
+        let mut from = 0;
+        for line in order {
+            let at = text[from..]
+                .find(line)
+                .unwrap_or_else(|| panic!("{line:?} after byte {from} in\n{text}"));
+            from += at + line.len();
+        }
+        assert_eq!(text.matches("# HELP").count(), 12, "{text}");
+    }
 }
