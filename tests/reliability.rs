@@ -212,6 +212,12 @@ fn inherited_descriptors_reach_neither_workers_nor_page_children() {
         d.dir.path(),
         "spawn.jl",
         r#"p = run(`sleep 30`, wait=false)
+# Between fork and exec the child still has every descriptor (close-on-exec
+# ones close at exec): look once it runs `sleep`.
+for _ in 1:500
+    occursin("sleep", try readlink("/proc/$(getpid(p))/exe") catch; "" end) && break
+    sleep(0.01)
+end
 fds = sort(parse.(Int, readdir("/proc/$(getpid(p))/fd")))
 kill(p)
 print("Content-Type: text/plain\r\n\r\n", join(fds, ","))"#,
