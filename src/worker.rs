@@ -143,39 +143,13 @@ pub fn spawn(
     events: mpsc::UnboundedSender<Event>,
     logs: Arc<Mutex<LogLimiter>>,
 ) -> std::io::Result<Handle> {
-    let mut cgroup = match &spec.cgroups {
-        Some(tree) => Some(tree.create_worker(slot, &spec.limits)?),
-        None => None,
-    };
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::Stream,
         None,
         SockFlag::SOCK_CLOEXEC,
     )?;
-    let plumbing = exec::Plumbing {
-        control: theirs.as_raw_fd(),
-        board: spec
-            .scoreboard
-            .as_ref()
-            .map(|f| f.as_raw_fd())
-            .zip(board_slot),
-        procs: cgroup.as_ref().and_then(WorkerCgroup::procs_fd),
-    };
-    let spawned = exec::command(spec, slot, plumbing).and_then(|mut c| c.spawn());
-    if let Some(cgroup) = &mut cgroup {
-        cgroup.close_procs();
-    }
-    let cgroup = cgroup.map(Arc::new);
-    let child = match spawned {
-        Ok(child) => child,
-        Err(e) => {
-            if let Some(cgroup) = &cgroup {
-                cgroup.kill_and_remove();
-            }
-            return Err(e);
-        }
-    };
+    let (child, cgroup) = start_child(spec, slot, board_slot, &theirs)?;
     drop(theirs);
     let pid = child.id().expect("a just-spawned child has a pid");
     let actor = Actor {
@@ -196,4 +170,42 @@ pub fn spawn(
         started: std::time::Instant::now(),
         commands,
     })
+}
+
+/// Creates the worker's cgroup (with cgroups) and starts the process in
+/// it, with `control` as its end of the control channel; a cgroup whose
+/// process could not start is removed again.
+fn start_child(
+    spec: &Spec,
+    slot: u32,
+    board_slot: Option<usize>,
+    control: &OwnedFd,
+) -> std::io::Result<(tokio::process::Child, Option<Arc<WorkerCgroup>>)> {
+    let mut cgroup = match &spec.cgroups {
+        Some(tree) => Some(tree.create_worker(slot, &spec.limits)?),
+        None => None,
+    };
+    let plumbing = exec::Plumbing {
+        control: control.as_raw_fd(),
+        board: spec
+            .scoreboard
+            .as_ref()
+            .map(|f| f.as_raw_fd())
+            .zip(board_slot),
+        procs: cgroup.as_ref().and_then(WorkerCgroup::procs_fd),
+    };
+    let spawned = exec::command(spec, slot, plumbing).and_then(|mut c| c.spawn());
+    if let Some(cgroup) = &mut cgroup {
+        cgroup.close_procs();
+    }
+    let cgroup = cgroup.map(Arc::new);
+    match spawned {
+        Ok(child) => Ok((child, cgroup)),
+        Err(e) => {
+            if let Some(cgroup) = &cgroup {
+                cgroup.kill_and_remove();
+            }
+            Err(e)
+        }
+    }
 }
