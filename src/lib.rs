@@ -8,7 +8,19 @@
 //! or relays a request byte. The master's job is everything around the
 //! requests: find or make the socket, start the workers, log what they say,
 //! replace the ones that die without letting a crashing page cause a restart
-//! storm, and stop them all gracefully. `shared/ARCHITECTURE.md` says why.
+//! storm, and stop them all gracefully. The README's first sections say why
+//! (no relay, no lost connection on reload, status under full load).
+//!
+//! A start goes: the command line and the file are validated into
+//! [`config::Settings`] (nothing happens before that); as root, the runtime
+//! directory is locked, the sockets found or bound, the cgroup tree and
+//! the scoreboard set up; privileges are dropped for good; then one
+//! single-threaded runtime runs three tasks: the status server, the signal
+//! task, and the pool. The pool owns every worker's life: each worker
+//! process has an actor task ([`worker`]) that forwards its output and
+//! control messages as events; the pool's one loop turns events, deadlines
+//! and scoreboard scans into transitions of each worker's life and applies
+//! what its policies (restart, timeouts, recycling, scaling) decide.
 //!
 //! # Modules
 //!
@@ -17,23 +29,28 @@
 //!   [`config::Settings`] before anything happens.
 //! - [`contract`]: what the master tells each worker at start-up, as one
 //!   typed value, and the environment that carries it to the Julia side.
-//! - [`listen`]: the listening socket: systemd's, spawn-fcgi's (fd 0), or
-//!   bound from `-l`.
+//! - [`runtime_dir`]: the runtime directory and its one-instance lock.
+//! - [`listen`]: the listening socket (systemd's, spawn-fcgi's on fd 0, or
+//!   bound from `-l`) and the status socket.
+//! - [`cgroup`]: one cgroup v2 per worker, limits, `cgroup.kill`, OOM
+//!   reports; [`cgroup::Cgroups::open`] says why there are none.
+//! - [`privileges`]: dropping root for good.
+//! - [`worker`]: starting one Julia process, and the actor task that owns it.
 //! - [`control`]: the line protocol on each worker's control channel
 //!   (`julia/INTERFACE.md`).
+//! - [`pool`]: the supervisor: each worker's life as a state machine, slots
+//!   and successors, replacement and back-off, reload, request timeouts,
+//!   recycling, the dynamic pool, draining.
+//! - [`scoreboard`]: the shared-memory slots workers write around each
+//!   request, read by the pool's scans.
+//! - [`queue`]: the listen queue length, from the kernel.
+//! - [`status`]: the status page the master serves itself (its counters
+//!   and report, [`status::stats`]), and `julia-fcgi status`.
 //! - [`fastcgi`]: the FastCGI wire format (records, name-value pairs),
 //!   for the status server and the tests' client.
-//! - [`worker`]: one Julia process and the actor task that owns it.
-//! - [`pool`]: the supervisor: slots, replacement, back-off, reload,
-//!   request timeouts and recycling, draining.
-//! - [`queue`]: the listen queue length, from the kernel.
-//! - [`scoreboard`]: the shared-memory slots workers write around each request.
-//! - [`status`]: the status page the master serves itself, and `julia-fcgi status`.
-//! - [`cgroup`]: one cgroup v2 per worker, limits, `cgroup.kill`, OOM reports.
-//! - [`privileges`]: dropping root for good.
+//! - [`signals`]: SIGTERM/SIGINT into a stop, SIGHUP into a reload.
 //! - [`notify`]: `sd_notify` readiness, status, watchdog.
 //! - [`logging`]: `tracing` to the journal or stderr.
-//! - [`sysimage`]: the pool sysimage: building one, and choosing (or refusing) it.
 //!
 //! `main.rs` only parses arguments and wires these together.
 
@@ -53,5 +70,4 @@ pub mod runtime_dir;
 pub mod scoreboard;
 pub mod signals;
 pub mod status;
-pub mod sysimage;
 pub mod worker;

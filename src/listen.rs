@@ -2,7 +2,7 @@
 //! worker as its fd 0 and held by the master for as long as it runs, so a
 //! replaced worker finds the same socket and no connection is refused.
 //!
-//! Order of preference (ARCHITECTURE.md): the socket systemd passes
+//! Order of preference: the socket systemd passes
 //! (`LISTEN_FDS`), a listening socket already on fd 0 (spawn-fcgi), else the
 //! `-l` address bound here.
 
