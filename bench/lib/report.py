@@ -1,0 +1,164 @@
+"""The tables: per round, the summary with its verdict, the access log's
+cost, and the Markdown results file."""
+import os
+import statistics
+
+from .base import ACCESS_BAR, NAMES, NCPU, RATIO_BAR, RESULTS, RSS_BAR_KIB, WORKLOADS
+
+
+def fmt(x, nd=2):
+    return f"{x:.{nd}f}"
+
+
+def round_table(rows):
+    out = ["| round | workload | backend | req/s | p50 ms | p99 ms | non-2xx | sock err "
+           "| CPU % nginx | CPU % backend | CPU % wrk | CPU % other | CPU % total | backend CPU µs/req "
+           "| jl/php req/s |",
+           "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(
+            f"| {r['round']} | {r['workload']} | {NAMES[r['backend']]} | {r['rps']:.0f} | "
+            f"{fmt(r['p50'])} | {fmt(r['p99'])} | {r['non2xx']} | {r['sockerr']} | "
+            f"{r['cpu_nginx']:.0f} | {r['cpu_backend']:.0f} | {r['cpu_wrk']:.0f} | "
+            f"{r['cpu_other']:.0f} | {r['cpu_total']:.0f} | {r['us_per_req']:.0f} | {r.get('ratio_s', '')} |")
+    return "\n".join(out)
+
+
+def access_summary(results):
+    """What --access-log costs: julia-fcgi with it against julia-fcgi without
+    it, in the same rounds (informational: it decides the default, not the
+    exit status)."""
+    lines = ["| access log (jla) vs none (jl) | julia-fcgi req/s | +access log req/s "
+             "| CPU µs/req without / with | per-round ratios jla/jl | median ratio | cost | "
+             f"on by default only if cost <= {ACCESS_BAR:.0%} |",
+             "|---|---:|---:|---:|---|---:|---:|---|"]
+    for wl, label, _, _ in WORKLOADS:
+        rs = {b: [r for r in results if r["workload"] == wl and r["backend"] == b] for b in ("jl", "jla")}
+        ratios = [r["access_ratio"] for r in rs["jla"] if "access_ratio" in r]
+        if not ratios:
+            continue
+        med = statistics.median(ratios)
+        cost = 1.0 - med
+        rps = {b: f"{statistics.median(r['rps'] for r in rs[b]):.0f}" for b in rs}
+        us = {b: f"{statistics.median(r['us_per_req'] for r in rs[b]):.0f}" for b in rs}
+        lines.append(f"| {label} | {rps['jl']} | {rps['jla']} | {us['jl']} / {us['jla']} | "
+                     + ", ".join(f"{x:.3f}" for x in ratios)
+                     + f" | **{med:.3f}** | {cost:+.1%} | "
+                     + ("could be on" if cost <= ACCESS_BAR else "keep off") + " |")
+    return "\n".join(lines)
+
+
+def summarize(results, backends, rss):
+    """The summary tables and the verdict: True, False, or None without both
+    sides to compare."""
+    both = set(backends) == {"php", "jl"}
+    lines, verdicts = speed_table(results, both)
+    lines.append("")
+    if rss:
+        memory, ok = memory_table(rss)
+        verdicts.append(ok)
+        lines += memory + [""]
+    if "jl" in backends and "jla" in backends:
+        lines.append(access_summary(results))
+        lines.append("")
+    overall = ("PASS" if verdicts and all(verdicts) else "FAIL") if both else "no verdict (one backend only)"
+    lines.append(f"**Overall: {overall}**")
+    return "\n".join(lines), (all(verdicts) if both and verdicts else None)
+
+
+def medians(results, wl, b):
+    """req/s, p50 / p99 and CPU µs/req of one backend on one workload,
+    medians over rounds, as table cells."""
+    rs = [r for r in results if r["workload"] == wl and r["backend"] == b]
+    if not rs:
+        return ("-", "-", "-")
+    return (f"{statistics.median(r['rps'] for r in rs):.0f}",
+            f"{fmt(statistics.median(r['p50'] for r in rs))} / "
+            f"{fmt(statistics.median(r['p99'] for r in rs))}",
+            f"{statistics.median(r['us_per_req'] for r in rs):.0f}")
+
+
+def speed_table(results, both):
+    """Per workload: both sides' medians, the per-round ratios and the bar."""
+    lines = ["| workload | PHP-FPM req/s | julia-fcgi req/s | PHP-FPM p50 / p99 ms "
+             "| julia-fcgi p50 / p99 ms | CPU µs/req PHP-FPM / julia-fcgi "
+             "| per-round ratios jl/php | median ratio | bar | result |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|---|"]
+    verdicts = []
+    for wl, label, _, _ in WORKLOADS:
+        cell = {b: medians(results, wl, b) for b in ("php", "jl")}
+        ratios = [r["ratio"] for r in results if r["workload"] == wl and "ratio" in r]
+        errors = sum(r["non2xx"] + r["sockerr"] for r in results if r["workload"] == wl)
+        if both and ratios:
+            med = statistics.median(ratios)
+            ok = med >= RATIO_BAR and errors == 0
+            res = ("PASS" if ok else "FAIL") + ("" if errors == 0 else f" ({errors} errors)")
+            verdicts.append(ok)
+            med_s, rat_s = f"**{med:.3f}**", ", ".join(f"{x:.3f}" for x in ratios)
+        else:
+            res, med_s, rat_s = "-", "-", "-"
+        lines.append(f"| {label} | {cell['php'][0]} | {cell['jl'][0]} | {cell['php'][1]} | "
+                     f"{cell['jl'][1]} | {cell['php'][2]} / {cell['jl'][2]} | {rat_s} | {med_s} | >= {RATIO_BAR:.1f} | {res} |")
+    return lines, verdicts
+
+
+def memory_table(rss):
+    """The master's RSS against its bar, the rest for information."""
+    ok = rss["master_rss"] is not None and rss["master_rss"] <= RSS_BAR_KIB
+    lines = ["| julia-fcgi memory | value | bar | result |",
+             "|---|---:|---:|---|",
+             f"| master VmRSS (pid {rss['master_pid']}, after the last run) | "
+             f"{rss['master_rss'] / 1024:.2f} MiB ({rss['master_rss']} kB) | <= 10 MiB | "
+             f"{'PASS' if ok else 'FAIL'} |",
+             f"| master VmHWM (peak) | {rss['master_hwm'] / 1024:.2f} MiB | (info) | |"]
+    for pid, kib in rss["workers"]:
+        lines.append(f"| worker pid {pid} VmRSS | {kib / 1024:.1f} MiB | (info) | |")
+    for pid, kib in rss.get("php", []):
+        lines.append(f"| (PHP-FPM pid {pid} VmRSS) | {kib / 1024:.1f} MiB | (info) | |")
+    return lines, ok
+
+
+def notes(results, rss):
+    """What to know when reading the summary: errors, replaced workers, the
+    load on the machine."""
+    out = []
+    errs = [r for r in results if r["non2xx"] or r["sockerr"]]
+    if errs:
+        out.append("Runs with errors: " + "; ".join(
+            f"round {r['round']} {r['workload']} {NAMES[r['backend']]}: non-2xx {r['non2xx']}, "
+            f"{r['sockerr_detail']}" for r in errs))
+    if rss and rss["workers_changed"]:
+        out.append("julia-fcgi workers were replaced during the runs (see .run/julia-fcgi.log).")
+    heavy = [r for r in results if r["cpu_other"] > 20]
+    if results:
+        out.append(
+            "Load: CPU % total (100 = one core, of " + str(NCPU * 100) + ") median "
+            f"{statistics.median(r['cpu_total'] for r in results):.0f}; wrk itself median "
+            f"{statistics.median(r['cpu_wrk'] for r in results):.0f}, nginx "
+            f"{statistics.median(r['cpu_nginx'] for r in results):.0f}; other load (processes "
+            f"not part of the benchmark) median {statistics.median(r['cpu_other'] for r in results):.0f}, "
+            f"max {max(r['cpu_other'] for r in results):.0f}"
+            + (f" -- {len(heavy)} of {len(results)} run(s) above 20: the machine was not quiet, "
+               "trust the same-round ratios more than the absolute req/s." if heavy else "."))
+    return out
+
+
+def write_results(stamp, meta, command, args, summary, notes_, results):
+    """bench/results/<stamp>.md: the command, the versions, the summary, the
+    rounds and the wrk commands. Returns its path."""
+    RESULTS.mkdir(exist_ok=True)
+    md = RESULTS / f"{stamp}.md"
+    md.write_text(
+        f"# julia-fcgi vs PHP-FPM, {meta['date']}\n\n"
+        f"Command: `{command}`\n\n"
+        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency "
+        f"(warm-up {args.warmup}s before each run), {args.rounds} round(s), order alternating per round; "
+        f"nginx 1 worker, unix sockets, fastcgi_keep_conn off; PHP-FPM pm=static 2 children "
+        f"(OPcache on); julia-fcgi -w 2; nice {os.getpriority(os.PRIO_PROCESS, 0)}. CPU % columns: 100 = one core, measured over the run.\n\n"
+        + "".join(f"- {k}: {v}\n" for k, v in meta.items()) + "\n"
+        "## Summary (medians over rounds)\n\n" + summary + "\n\n"
+        + "".join(f"{n}\n\n" for n in notes_)
+        + "## Rounds\n\n" + round_table(results) + "\n\n"
+        "## wrk commands\n\n" + "".join(
+            f"- `{c}`\n" for c in dict.fromkeys(r["cmd"] for r in results)))
+    return md
