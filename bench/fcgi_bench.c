@@ -1,8 +1,9 @@
 /* Sequential FastCGI load loop in C, so the client costs little next to the
- * worker being measured (fcgi_bench.py does the same, more slowly).
+ * worker being measured: one worker's own speed, without nginx (bench/run
+ * measures through nginx).
  *
- *   cc -O2 -o fcgi_bench fcgi_bench.c
- *   ./fcgi_bench SOCKET SCRIPT_FILENAME [N] [keep]
+ *   cc -O2 -o /tmp/fcgi_bench bench/fcgi_bench.c
+ *   /tmp/fcgi_bench SOCKET SCRIPT_FILENAME [N] [keep]
  *
  * Sends nginx-like params; without "keep" each request uses a new
  * connection (nginx's default), with it all share one (FCGI_KEEP_CONN). */
@@ -14,14 +15,18 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+/* The FastCGI record types and role it uses (the specification's numbers). */
+enum { BEGIN_REQUEST = 1, END_REQUEST = 3, PARAMS = 4, STDIN = 5 };
+enum { RESPONDER = 1, KEEP_CONN = 1, HEADER_LEN = 8 };
+
 static unsigned char req[8192];
 static size_t reqlen;
 
 static void rec(int type, const unsigned char *c, size_t n) {
     size_t pad = (8 - n % 8) % 8;
-    unsigned char h[8] = {1, (unsigned char)type, 0, 1, (unsigned char)(n >> 8),
-                          (unsigned char)n, (unsigned char)pad, 0};
-    memcpy(req + reqlen, h, 8); reqlen += 8;
+    unsigned char h[HEADER_LEN] = {1, (unsigned char)type, 0, 1, (unsigned char)(n >> 8),
+                                   (unsigned char)n, (unsigned char)pad, 0};
+    memcpy(req + reqlen, h, HEADER_LEN); reqlen += HEADER_LEN;
     if (n) { memcpy(req + reqlen, c, n); reqlen += n; }
     memset(req + reqlen, 0, pad); reqlen += pad;
 }
@@ -47,12 +52,12 @@ static unsigned char buf[1 << 20];
 static size_t blen;
 static void read_response(int s) {
     for (;;) {
-        while (blen >= 8) {
-            size_t clen = (buf[4] << 8) | buf[5], total = 8 + clen + buf[6];
+        while (blen >= HEADER_LEN) {
+            size_t clen = (buf[4] << 8) | buf[5], total = HEADER_LEN + clen + buf[6];
             if (blen < total) break;
             int type = buf[1];
             memmove(buf, buf + total, blen - total); blen -= total;
-            if (type == 3) return;
+            if (type == END_REQUEST) return;
         }
         ssize_t r = read(s, buf + blen, sizeof buf - blen);
         if (r <= 0) { fprintf(stderr, "connection closed early\n"); exit(1); }
@@ -69,7 +74,7 @@ int main(int argc, char **argv) {
     if (argc < 3) { fprintf(stderr, "usage: %s SOCKET SCRIPT [N] [keep]\n", argv[0]); return 2; }
     const char *script = argv[2];
     int n = argc > 3 ? atoi(argv[3]) : 20000, keep = argc > 4;
-    unsigned char begin[8] = {0, 1, (unsigned char)keep, 0, 0, 0, 0, 0}, p[4096];
+    unsigned char begin[8] = {0, RESPONDER, keep ? KEEP_CONN : 0, 0, 0, 0, 0, 0}, p[4096];
     const char *kv[] = {"QUERY_STRING", "", "REQUEST_METHOD", "GET", "CONTENT_TYPE", "",
         "CONTENT_LENGTH", "", "SCRIPT_NAME", "/hello.jl", "REQUEST_URI", "/hello.jl",
         "DOCUMENT_URI", "/hello.jl", "DOCUMENT_ROOT", "/var/www", "SERVER_PROTOCOL", "HTTP/1.1",
@@ -80,7 +85,7 @@ int main(int argc, char **argv) {
         "HTTP_ACCEPT", "*/*"};
     size_t pl = 0;
     for (size_t i = 0; i < sizeof kv / sizeof *kv; i += 2) pl += pair(p + pl, kv[i], kv[i + 1]);
-    rec(1, begin, 8); rec(4, p, pl); rec(4, NULL, 0); rec(5, NULL, 0);
+    rec(BEGIN_REQUEST, begin, 8); rec(PARAMS, p, pl); rec(PARAMS, NULL, 0); rec(STDIN, NULL, 0);
 
     double *lat = malloc(sizeof(double) * n);
     int s = -1;
