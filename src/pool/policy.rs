@@ -101,26 +101,31 @@ pub fn request_limit(rules: &Supervision, seed: u64) -> u64 {
     rules.max_requests + jitter
 }
 
+/// No policy at all, for tests to switch on one at a time.
+#[cfg(test)]
+pub fn no_rules() -> Supervision {
+    Supervision {
+        cgroup_root: Some(None),
+        limits: Default::default(),
+        request_terminate_timeout: None,
+        request_slowlog_timeout: None,
+        max_requests: 0,
+        max_requests_jitter: 0,
+        recycle_memory: None,
+        pm: crate::config::ProcessManager::Static,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ProcessManager;
     use crate::scoreboard::State;
 
-    const MS: u64 = 1_000_000;
-
     fn rules() -> Supervision {
-        Supervision {
-            cgroup_root: None,
-            limits: Default::default(),
-            request_terminate_timeout: None,
-            request_slowlog_timeout: None,
-            max_requests: 0,
-            max_requests_jitter: 0,
-            recycle_memory: None,
-            pm: ProcessManager::Static,
-        }
+        no_rules()
     }
+
+    const MS: u64 = 1_000_000;
 
     fn slot(state: State, requests: u64, started_ns: u64) -> Snapshot {
         Snapshot {

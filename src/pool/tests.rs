@@ -23,16 +23,7 @@ use crate::worker::{Exit, Handle, Spec};
 const PID: u32 = 5_000_000;
 
 fn rules() -> Supervision {
-    Supervision {
-        cgroup_root: Some(None),
-        limits: Default::default(),
-        request_terminate_timeout: None,
-        request_slowlog_timeout: None,
-        max_requests: 0,
-        max_requests_jitter: 0,
-        recycle_memory: None,
-        pm: ProcessManager::Static,
-    }
+    super::policy::no_rules()
 }
 
 /// A configuration whose workers cannot start (no such Julia).
@@ -106,6 +97,18 @@ fn idle(requests: u64, finished_ns: u64) -> Snapshot {
         method: String::new(),
         uri: String::new(),
     }
+}
+
+/// A serving one-slot pool whose ready worker has a successor warming up.
+fn replacing(successor_generation: u64, replaces: EndReason) -> Pool {
+    let mut pool = pool(1);
+    pool.phase = Phase::Serving;
+    pool.slots[0].current = Current::Worker(ready(1, PID + 1, 1));
+    pool.slots[0].successor = Some(Successor {
+        worker: worker(1, PID + 2, successor_generation),
+        replaces,
+    });
+    pool
 }
 
 fn life(pool: &Pool, index: usize) -> &Life {
@@ -231,13 +234,7 @@ fn a_worker_ended_by_a_policy_left_and_is_no_crash() {
 
 #[test]
 fn a_ready_successor_takes_over_and_the_old_worker_leaves() {
-    let mut pool = pool(1);
-    pool.phase = Phase::Serving;
-    pool.slots[0].current = Current::Worker(ready(1, PID + 1, 1));
-    pool.slots[0].successor = Some(Successor {
-        worker: worker(1, PID + 2, 2),
-        replaces: EndReason::Retired,
-    });
+    let mut pool = replacing(2, EndReason::Retired);
     pool.on_ready(1, PID + 2);
     let current = pool.slots[0].worker().unwrap();
     assert_eq!(current.handle.pid, PID + 2);
@@ -267,13 +264,8 @@ fn a_ready_successor_takes_over_and_the_old_worker_leaves() {
 
 #[test]
 fn a_successor_that_dies_leaves_the_current_worker_serving() {
-    let mut pool = pool(1);
-    pool.phase = Phase::Serving;
-    pool.slots[0].current = Current::Worker(ready(1, PID + 1, 1));
-    pool.slots[0].successor = Some(Successor {
-        worker: worker(1, PID + 2, 1),
-        replaces: EndReason::Recycled(super::life::RecycleCause::MaxRequests { served: 5 }),
-    });
+    let cause = super::life::RecycleCause::MaxRequests { served: 5 };
+    let mut pool = replacing(1, EndReason::Recycled(cause));
     pool.on_exit(exit(1, PID + 2, 9, None)).unwrap();
     assert!(pool.slots[0].successor.is_none());
     assert!(pool.slots[0].is_ready());
