@@ -42,6 +42,10 @@ pub mod var {
     pub const MAX_PARAMS_BYTES: &str = "JULIA_FCGI_MAX_PARAMS_BYTES";
     pub const MAX_BODY_BYTES: &str = "JULIA_FCGI_MAX_BODY_BYTES";
     pub const READ_TIMEOUT_MS: &str = "JULIA_FCGI_READ_TIMEOUT_MS";
+    pub const FIRST_BYTE_TIMEOUT_MS: &str = "JULIA_FCGI_FIRST_BYTE_TIMEOUT_MS";
+    pub const HEADER_TIMEOUT_MS: &str = "JULIA_FCGI_HEADER_TIMEOUT_MS";
+    pub const BODY_TIMEOUT_MS: &str = "JULIA_FCGI_BODY_TIMEOUT_MS";
+    pub const BODY_MIN_RATE_BYTES_PER_S: &str = "JULIA_FCGI_BODY_MIN_RATE_BYTES_PER_S";
     pub const PRELOAD: &str = "JULIA_FCGI_PRELOAD";
     /// Per worker, set by [`crate::worker`]: its number, 1-based.
     pub const WORKER: &str = "JULIA_FCGI_WORKER";
@@ -61,6 +65,18 @@ pub mod defaults {
     pub const MAX_PARAMS_BYTES: u64 = 1 << 20;
     pub const MAX_BODY_BYTES: u64 = 64 << 20;
     pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+    /// A request's deadlines. Every front end sends a request's head (its
+    /// params) at once, right after connecting, so a new connection that
+    /// has sent nothing after 2 s, or no whole head after 5 s, is no
+    /// request on its way (PHP-FPM waits 5 s for the first byte). nginx
+    /// sends the body from its own buffer: 20 s, and a second more per
+    /// 16 KiB received, is generous for it and leaves room for front ends
+    /// that stream a slow client's upload (Apache, HAProxy): 1 MiB may
+    /// take 84 s, 64 MiB 68 minutes, a byte a second holds a worker 20 s.
+    pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const BODY_TIMEOUT: Duration = Duration::from_secs(20);
+    pub const BODY_MIN_RATE_BYTES_PER_S: u64 = 16 << 10;
     /// One thread unless the operator asks for more: since Julia 1.12 the
     /// default adds an interactive thread, which a worker serving one
     /// request at a time from blocking system calls has no use for.
@@ -90,6 +106,10 @@ pub struct WorkerContract {
     pub max_params_bytes: u64,
     pub max_body_bytes: u64,
     pub read_timeout_ms: u64,
+    pub first_byte_timeout_ms: u64,
+    pub header_timeout_ms: u64,
+    pub body_timeout_ms: u64,
+    pub body_min_rate_bytes_per_s: u64,
     /// `JULIA_PROJECT`, `JULIA_DEPOT_PATH`, `JULIA_LOAD_PATH` as passed.
     pub project: Option<OsString>,
     pub depot_path: Option<OsString>,
@@ -120,8 +140,11 @@ impl From<&Settings> for WorkerContract {
             access_log: pages.access_log,
             max_params_bytes: pages.max_params_bytes,
             max_body_bytes: pages.max_body_bytes,
-            read_timeout_ms: whole_millis(pages.read_timeout)
-                .expect("the config admits only whole milliseconds"),
+            read_timeout_ms: millis(pages.read_timeout),
+            first_byte_timeout_ms: millis(pages.deadlines.first_byte),
+            header_timeout_ms: millis(pages.deadlines.header),
+            body_timeout_ms: millis(pages.deadlines.body),
+            body_min_rate_bytes_per_s: pages.deadlines.body_min_rate,
             project: packages.project.as_ref().map(|project| match project {
                 Project::Configured(dir) => dir.clone().into_os_string(),
                 Project::Inherited(value) => value.clone(),
@@ -135,6 +158,10 @@ impl From<&Settings> for WorkerContract {
                 .collect(),
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    whole_millis(d).expect("the config admits only whole milliseconds")
 }
 
 /// The depot julia-fcgi chose goes first, where Julia writes; the trailing
@@ -187,6 +214,22 @@ impl WorkerContract {
             (
                 var::READ_TIMEOUT_MS.into(),
                 self.read_timeout_ms.to_string().into(),
+            ),
+            (
+                var::FIRST_BYTE_TIMEOUT_MS.into(),
+                self.first_byte_timeout_ms.to_string().into(),
+            ),
+            (
+                var::HEADER_TIMEOUT_MS.into(),
+                self.header_timeout_ms.to_string().into(),
+            ),
+            (
+                var::BODY_TIMEOUT_MS.into(),
+                self.body_timeout_ms.to_string().into(),
+            ),
+            (
+                var::BODY_MIN_RATE_BYTES_PER_S.into(),
+                self.body_min_rate_bytes_per_s.to_string().into(),
             ),
             (var::PRELOAD.into(), self.preload.join(",").into()),
         ];

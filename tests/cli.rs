@@ -346,6 +346,26 @@ fn durations_and_sizes_the_worker_cannot_take_are_refused() {
             "max_params_bytes = 0",
             "invalid value for max_params_bytes: 0",
         ),
+        (
+            "first_byte_timeout = \"0.5ms\"",
+            "invalid value for first_byte_timeout: \"0.5ms\": expected a whole number of milliseconds",
+        ),
+        (
+            "header_timeout = \"0s\"",
+            "invalid value for header_timeout: \"0s\": expected a whole number of milliseconds, at least 1ms",
+        ),
+        (
+            "body_timeout = \"later\"",
+            "invalid value for body_timeout: \"later\": expected a duration",
+        ),
+        (
+            "body_min_rate = \"max\"",
+            "invalid value for body_min_rate: \"max\": expected bytes per second like 16K",
+        ),
+        (
+            "body_min_rate = -1",
+            "invalid value: integer `-1`, expected bytes per second",
+        ),
     ] {
         refused_config(toml, &[], needle);
     }

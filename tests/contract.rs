@@ -96,6 +96,8 @@ fn every_setting_arrives_as_meant_and_the_config_wins() {
          development = true\naccess_log = true\n\
          max_params_bytes = 2048\nmax_body_bytes = 12345\n\
          read_timeout = \"500ms\"\n\
+         first_byte_timeout = \"250ms\"\nheader_timeout = \"1.5s\"\n\
+         body_timeout = \"2m\"\nbody_min_rate = \"1M\"\n\
          project = {proj:?}\ndepot = {depot:?}\n\
          preload = [\"Dates\", \"MyLib\"]\n"
     );
@@ -115,6 +117,10 @@ fn every_setting_arrives_as_meant_and_the_config_wins() {
     assert_eq!(c["max_params"], 2048);
     assert_eq!(c["max_body"], 12345);
     assert_eq!(c["read_timeout_ms"], 500, "{}", arrived.log);
+    assert_eq!(c["first_byte_timeout_ms"], 250);
+    assert_eq!(c["header_timeout_ms"], 1500);
+    assert_eq!(c["body_timeout_ms"], 120_000);
+    assert_eq!(c["body_min_rate"], 1 << 20);
     assert_eq!(c["project"], s(proj));
     assert_eq!(c["depot"], s(depot));
     assert_eq!(c["preload"], json!(["Dates", "MyLib"]));
@@ -178,6 +184,10 @@ fn defaults_agree_on_both_sides() {
         "max_params": defaults::MAX_PARAMS_BYTES,
         "max_body": defaults::MAX_BODY_BYTES,
         "read_timeout_ms": defaults::READ_TIMEOUT.as_millis() as u64,
+        "first_byte_timeout_ms": defaults::FIRST_BYTE_TIMEOUT.as_millis() as u64,
+        "header_timeout_ms": defaults::HEADER_TIMEOUT.as_millis() as u64,
+        "body_timeout_ms": defaults::BODY_TIMEOUT.as_millis() as u64,
+        "body_min_rate": defaults::BODY_MIN_RATE_BYTES_PER_S,
         "access_log": false,
         "project": null,
         "depot": null,
@@ -222,6 +232,8 @@ fn a_bad_value_on_the_worker_side_is_logged_not_silently_replaced() {
         bad(var::MAX_PARAMS_BYTES, "0"),
         bad(var::DEV, "yes"),
         bad(var::PRELOAD, "Dates,My-Lib"),
+        bad(var::HEADER_TIMEOUT_MS, "5s"),
+        bad(var::BODY_MIN_RATE_BYTES_PER_S, "-5"),
         // The old name, in its old unit (seconds), with a warning.
         bad("JULIA_FCGI_READ_TIMEOUT", "7"),
     ]);
@@ -231,6 +243,8 @@ fn a_bad_value_on_the_worker_side_is_logged_not_silently_replaced() {
     assert_eq!(c["max_params"], defaults::MAX_PARAMS_BYTES);
     assert_eq!(c["dev"], false);
     assert_eq!(c["preload"], json!(["Dates"]));
+    assert_eq!(c["header_timeout_ms"], 5000);
+    assert_eq!(c["body_min_rate"], defaults::BODY_MIN_RATE_BYTES_PER_S);
     for needle in [
         "error: invalid JULIA_FCGI_READ_TIMEOUT_MS=\"0.5\": expected a whole number of \
          milliseconds ≥ 1; using the default 60000",
@@ -238,6 +252,9 @@ fn a_bad_value_on_the_worker_side_is_logged_not_silently_replaced() {
         "error: invalid JULIA_FCGI_MAX_PARAMS_BYTES=\"0\"",
         "error: invalid JULIA_FCGI_DEV=\"yes\"",
         "error: JULIA_FCGI_PRELOAD entry \"My-Lib\" is not a package name",
+        "error: invalid JULIA_FCGI_HEADER_TIMEOUT_MS=\"5s\": expected a whole number of \
+         milliseconds ≥ 1; using the default 5000",
+        "error: invalid JULIA_FCGI_BODY_MIN_RATE_BYTES_PER_S=\"-5\"",
         "warn: JULIA_FCGI_READ_TIMEOUT is ignored: JULIA_FCGI_READ_TIMEOUT_MS is set",
     ] {
         assert!(

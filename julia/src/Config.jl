@@ -30,12 +30,21 @@ const ACCESS_LOG = "JULIA_FCGI_ACCESS_LOG"
 const MAX_PARAMS_BYTES = "JULIA_FCGI_MAX_PARAMS_BYTES"
 const MAX_BODY_BYTES = "JULIA_FCGI_MAX_BODY_BYTES"
 const READ_TIMEOUT_MS = "JULIA_FCGI_READ_TIMEOUT_MS"
+const FIRST_BYTE_TIMEOUT_MS = "JULIA_FCGI_FIRST_BYTE_TIMEOUT_MS"
+const HEADER_TIMEOUT_MS = "JULIA_FCGI_HEADER_TIMEOUT_MS"
+const BODY_TIMEOUT_MS = "JULIA_FCGI_BODY_TIMEOUT_MS"
+const BODY_MIN_RATE_BYTES_PER_S = "JULIA_FCGI_BODY_MIN_RATE_BYTES_PER_S"
 const PRELOAD = "JULIA_FCGI_PRELOAD"
 
 const DEFAULT_EXTENSIONS = [".jl"]
 const DEFAULT_MAX_PARAMS_BYTES = 1_048_576
 const DEFAULT_MAX_BODY_BYTES = 67_108_864
 const DEFAULT_READ_TIMEOUT_MS = 60_000
+# A request's deadlines (INTERFACE.md; README, "Slow and idle clients").
+const DEFAULT_FIRST_BYTE_TIMEOUT_MS = 2_000
+const DEFAULT_HEADER_TIMEOUT_MS = 5_000
+const DEFAULT_BODY_TIMEOUT_MS = 20_000
+const DEFAULT_BODY_MIN_RATE_BYTES_PER_S = 16_384
 
 # The names before units were part of them, in the units they had then.
 # Read only when the new name is unset, with a warning, so that a worker
@@ -62,14 +71,29 @@ struct Settings
     depot::Union{Nothing,String}    # first entry of JULIA_DEPOT_PATH: where
                                     # Julia writes caches and packages
     preload::Vector{String}         # packages to load before READY, in order
+    # A request's deadlines: a new connection's first byte, accept (or a
+    # kept connection's next first byte) → params complete, params
+    # complete → body complete (plus a second per `body_min_rate` bytes
+    # received; 0: no such allowance).
+    first_byte_timeout_ms::Int
+    header_timeout_ms::Int
+    body_timeout_ms::Int
+    body_min_rate::Int            # bytes per second
 end
 
-# The settings as they were before the package fields: code that builds
-# `Settings` positionally keeps working, with no project, depot or preload.
+# The settings as they were before the package fields and the deadlines:
+# code that builds `Settings` positionally keeps working, with no project,
+# depot or preload and the default deadlines.
 Settings(worker, control_fd, extensions, doc_roots, dev, max_params, max_body,
          read_timeout_ms, access_log) =
     Settings(worker, control_fd, extensions, doc_roots, dev, max_params, max_body,
              read_timeout_ms, access_log, nothing, nothing, String[])
+Settings(worker, control_fd, extensions, doc_roots, dev, max_params, max_body,
+         read_timeout_ms, access_log, project, depot, preload) =
+    Settings(worker, control_fd, extensions, doc_roots, dev, max_params, max_body,
+             read_timeout_ms, access_log, project, depot, preload,
+             DEFAULT_FIRST_BYTE_TIMEOUT_MS, DEFAULT_HEADER_TIMEOUT_MS,
+             DEFAULT_BODY_TIMEOUT_MS, DEFAULT_BODY_MIN_RATE_BYTES_PER_S)
 
 """
     with(s::Settings; field=value...) -> Settings
@@ -214,6 +238,12 @@ function load(env=ENV)::Settings
         project(env),
         depot(env),
         preload(env),
+        int_setting(env, FIRST_BYTE_TIMEOUT_MS, DEFAULT_FIRST_BYTE_TIMEOUT_MS; min=1,
+                    unit="milliseconds"),
+        int_setting(env, HEADER_TIMEOUT_MS, DEFAULT_HEADER_TIMEOUT_MS; min=1, unit="milliseconds"),
+        int_setting(env, BODY_TIMEOUT_MS, DEFAULT_BODY_TIMEOUT_MS; min=1, unit="milliseconds"),
+        int_setting(env, BODY_MIN_RATE_BYTES_PER_S, DEFAULT_BODY_MIN_RATE_BYTES_PER_S;
+                    unit="bytes per second"),
     )
 end
 

@@ -2,9 +2,10 @@
     FastCGI
 
 The FastCGI 1.0 wire format (https://fastcgi-archives.github.io/FastCGI_Specification.html):
-record types and status codes as constants, the 8-byte record header,
-name-value pairs, and builders that append whole records to a reusable
-[`ByteBuf`](@ref). No I/O happens here; `Server` moves the bytes.
+record types and status codes as constants, the 8-byte record header (its
+one decoder, [`decode_header`](@ref)), name-value pairs, and builders that
+append whole records to a reusable [`ByteBuf`](@ref). No I/O happens here;
+`Connection` moves the bytes.
 """
 module FastCGI
 
@@ -102,6 +103,61 @@ end
 bytes(b::ByteBuf) = view(b.data, 1:b.len)
 
 # ---------------------------------------------------------------- records
+
+"""
+    Header
+
+A record header as it is on the wire: version, type, request id, content
+and padding lengths ([`decode_header`](@ref); a plain value, never
+allocated).
+"""
+struct Header
+    version::UInt8
+    type::UInt8
+    rid::Int
+    clen::Int
+    plen::Int
+end
+
+Header() = Header(0x00, 0x00, 0, 0, 0)
+
+"""The whole record's length: header, content and padding."""
+record_len(h::Header) = HEADER_LEN + h.clen + h.plen
+
+"""
+    decode_header(d, i) -> Header
+
+Decode the record header in `d[i:i+7]` (the caller has checked that those
+8 bytes are there). The version byte is returned, not checked.
+"""
+@inline function decode_header(d::AbstractVector{UInt8}, i::Int)
+    @inbounds return Header(d[i], d[i+1], (Int(d[i+2]) << 8) | Int(d[i+3]),
+                            (Int(d[i+4]) << 8) | Int(d[i+5]), Int(d[i+6]))
+end
+
+"""
+    head_complete(d, first, last) -> Bool
+
+Do the bytes `d[first:last]`, the start of a connection, hold a whole
+request head: its records up to the end of the params (the empty PARAMS
+record)? Also true at the first whole record that is anything but
+BEGIN_REQUEST or PARAMS with content (a management record, STDIN…) and at a
+byte that cannot start a FastCGI 1 record: what follows is for the request
+reader to act on or to refuse. False while a record is incomplete. Only
+walks record headers; nginx's request is three of them.
+"""
+function head_complete(d::Vector{UInt8}, first::Int, last::Int)::Bool
+    i = first
+    while i <= last
+        @inbounds d[i] == VERSION_1 || return true
+        i + HEADER_LEN - 1 <= last || return false
+        h = decode_header(d, i)
+        i + record_len(h) - 1 <= last || return false
+        (h.type == BEGIN_REQUEST || (h.type == PARAMS && h.clen > 0)) || return true
+        i += record_len(h)
+    end
+    return false
+end
 
 """Append a record header."""
 @inline function put_header!(b::ByteBuf, typ::UInt8, rid::Int, clen::Int, plen::Int)
@@ -320,15 +376,13 @@ bytes that do not form a whole record.
 """
 function decode_records(d::AbstractVector{UInt8})
     recs = Record[]
-    i = 1
-    n = length(d)
+    i = firstindex(d)
+    n = lastindex(d)
     while i + HEADER_LEN - 1 <= n
-        clen = (Int(d[i+4]) << 8) | Int(d[i+5])
-        total = HEADER_LEN + clen + Int(d[i+6])
-        i + total - 1 <= n || break
-        push!(recs, Record(d[i+1], (Int(d[i+2]) << 8) | Int(d[i+3]),
-                           Vector{UInt8}(d[i+HEADER_LEN:i+HEADER_LEN+clen-1])))
-        i += total
+        h = decode_header(d, i)
+        i + record_len(h) - 1 <= n || break
+        push!(recs, Record(h.type, h.rid, Vector{UInt8}(d[i+HEADER_LEN:i+HEADER_LEN+h.clen-1])))
+        i += record_len(h)
     end
     return recs, n - i + 1
 end

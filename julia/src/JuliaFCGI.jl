@@ -12,7 +12,7 @@ Modules, bottom-up:
 | `Log`       | the worker's log entries, raw `write(2)`, escaped one-liners |
 | `Control`   | control channel: READY / EXITING out, STOP / ABORT in |
 | `Config`    | settings from the environment |
-| `FastCGI`   | wire format: record constants, headers, name-value pairs, builders |
+| `FastCGI`   | wire format: record constants, the one header decoder, name-value pairs, builders |
 | `Access`    | access log entries, batched onto the control channel |
 | `Output`    | `ResponseIO`: the page's output in order, CGI headers → STDOUT records |
 | `Stdio`     | a page's fds 0–2 and its `stdin`/`stdout`/`stderr` objects, per request |
@@ -23,8 +23,12 @@ Modules, bottom-up:
 | `Loader`    | parse, plan and load a page into its own module |
 | `Params`    | CGI variable fix-ups: Apache's `proxy:fcgi://` prefix, PATH_INFO split, QUERY_STRING |
 | `Pages`     | the CGI runtime: checks, page cache, running a page, errors |
-| `Scoreboard`| this worker's slot in the master's shared scoreboard |
-| `Server`    | accept loop, connection and request handling |
+| `Scoreboard`| this worker's slot in the master's shared scoreboard: busy from a request's accept |
+| `Connection`| connection layer: one connection's buffer, non-blocking reads, records, sends |
+| `Waiting`   | polls with the control channel; idle work (ENV back, access log) while waiting |
+| `KeepAlive` | kept connections: waiting between requests, yielding to waiting connections |
+| `Requests`  | request layer: records → request (`Phase`), deadlines, the page's response |
+| `Server`    | the worker, accept loop, new connections read to their head or parked |
 | `Warmup`    | synthetic requests through the real path before READY |
 
 Theory of operation: fd 0 is a listening socket shared by all workers. The
@@ -71,6 +75,10 @@ include("Loader.jl")
 include("Params.jl")
 include("Pages.jl")
 include("Scoreboard.jl")
+include("Connection.jl")
+include("Waiting.jl")
+include("KeepAlive.jl")
+include("Requests.jl")
 include("Server.jl")
 include("Warmup.jl")
 

@@ -6,6 +6,13 @@ a shared file mapped once, written around each request with plain stores —
 no system call — so the master can see which worker is busy with what, and
 for how long, without being in the data path.
 
+A request is `busy` from the moment the worker reads it: from its
+connection's accept (a kept connection's next request: from its first
+byte), so a worker stuck reading a slow request is as visible to
+`request_terminate_timeout`, the slow log, the status page and the dynamic
+pool as one running a slow page. Method and URI follow once the params are
+complete.
+
 Each write is a seqlock: `seq` odd, fence, the fields, fence, `seq` even.
 Without `JULIA_FCGI_SCOREBOARD_FD` (standalone, tests) every call is a no-op.
 """
@@ -51,9 +58,10 @@ mutable struct Slot
     slot::Ptr{UInt8}      # this worker's slot
     requests::UInt64
     started::UInt64
+    busy::Bool            # the slot says busy (so `done!` has something to end)
 end
 
-const SLOT = Slot(C_NULL, 0, C_NULL, 0, 0)
+const SLOT = Slot(C_NULL, 0, C_NULL, 0, 0, false)
 
 enabled() = SLOT.slot != C_NULL
 
@@ -133,25 +141,50 @@ function write_state!(state::UInt32)
     return nothing
 end
 
-"""A request's params are complete: `busy`, with its method and URI."""
-function busy!(method::String, uri::String)
-    enabled() || return nothing
+"""
+    reading!(started)
+
+The worker waits for more of a request that began at `started` (`time_ns()`
+of the accept, or of a kept connection's next request's first byte):
+`busy`, with no method or URI yet. Nothing when the slot says busy already.
+"""
+function reading!(started::UInt64)
+    (enabled() && !SLOT.busy) || return nothing
     p = SLOT.slot
-    SLOT.started = time_ns()
+    SLOT.busy = true
+    SLOT.started = started
     seq = begin_write(p)
     store32!(p, STATE, BUSY)
-    store64!(p, STARTED_NS, SLOT.started)
+    store64!(p, STARTED_NS, started)
+    unsafe_store!(p + METHOD_LEN, 0x00)
+    unsafe_store!(Ptr{UInt16}(p + URI_LEN), htol(0x0000))
+    end_write(p, seq)
+    return nothing
+end
+
+"""A request's params are complete: `busy` since `started` (see
+[`reading!`](@ref)), with its method and URI."""
+function busy!(started::UInt64, method::String, uri::String)
+    enabled() || return nothing
+    p = SLOT.slot
+    SLOT.busy = true
+    SLOT.started = started
+    seq = begin_write(p)
+    store32!(p, STATE, BUSY)
+    store64!(p, STARTED_NS, started)
     put_text!(p, METHOD_LEN, METHOD, METHOD_MAX, method, 1)
     put_text!(p, URI_LEN, URI, URI_MAX, uri, 2)
     end_write(p, seq)
     return nothing
 end
 
-"""The request is over: `idle`, `requests + 1` when it was answered."""
+"""The request is over: `idle`, `requests + 1` when it was answered.
+Nothing when the slot does not say busy."""
 function done!(answered::Bool)
-    enabled() || return nothing
+    (enabled() && SLOT.busy) || return nothing
     p = SLOT.slot
     now = time_ns()
+    SLOT.busy = false
     answered && (SLOT.requests += 1)
     seq = begin_write(p)
     store32!(p, STATE, IDLE)

@@ -19,6 +19,7 @@ using ..Posix
 using ..Log
 using ..FastCGI
 using ..FastCGI: ByteBuf
+using ..Config
 using ..Config: Settings
 using ..Server
 using ..Output
@@ -102,9 +103,7 @@ function run!(settings::Settings)
         # Same code paths, but pages from the temp dir must be servable, and
         # synthetic requests are no one's access log (the entry's formatting
         # is compiled below instead).
-        s = Settings(settings.worker, settings.control_fd, settings.extensions, String[],
-                     settings.dev, settings.max_params, settings.max_body,
-                     settings.read_timeout_ms, false)
+        s = Config.with(settings; doc_roots=String[], access_log=false)
         pages, path, reqs = script(realpath(dir), first(settings.extensions))
         for (name, text) in pages
             write(path(name), text)

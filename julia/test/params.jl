@@ -125,9 +125,9 @@ end
         send_bytes(a, hello_request(1))
         t = time()
         Server.serve_connection!(w, b)
-        @test time() - t < 0.25 && w.handover[] >= 0
+        @test time() - t < 0.25 && w.kept.handover >= 0
         @test is_hello(read_response(a; timeout=5)) && closed_by_peer(a; timeout=5)
-        @test Server.accept_once!(w) == Server.ACCEPTED && w.handover[] == -1
+        @test Server.accept_once!(w) == Server.ACCEPTED && w.kept.handover == -1
         r = read_response(q; timeout=5)
         @test is_hello(r) && r.rid == 7 && closed_by_peer(q; timeout=5)
         Posix.closefd(a); Posix.closefd(q)
@@ -140,9 +140,9 @@ end
         Server.serve_connection!(w, b)
         r1 = read_response(a; timeout=5); r2 = read_response(a; timeout=5)
         @test is_hello(r1) && is_hello(r2) && r2.rid == 2 && closed_by_peer(a; timeout=5)
-        @test w.handover[] >= 0
+        @test w.kept.handover >= 0
         Posix.closefd(q)                 # the front end gave up: served as an EOF
-        @test Server.accept_once!(w) == Server.ACCEPTED && w.handover[] == -1
+        @test Server.accept_once!(w) == Server.ACCEPTED && w.kept.handover == -1
         Posix.closefd(a)
 
         # The front end reuses the connection while its "last" response is
@@ -158,7 +158,7 @@ end
         Server.serve_connection!(w, b)
         r1 = read_response(a; timeout=5); r2 = read_response(a; timeout=5)
         @test endswith(r1.stdout, "injected") && is_hello(r2) && r2.rid == 2
-        @test closed_by_peer(a; timeout=5) && w.handover[] >= 0
+        @test closed_by_peer(a; timeout=5) && w.kept.handover >= 0
         Posix.closefd(q)
         @test Server.accept_once!(w) == Server.ACCEPTED
         Posix.closefd(a)
@@ -175,7 +175,7 @@ end
             run(pipeline(`sh -c 'sleep 0.5; printf "STOP\n"'`; stdout=RawFD(ours)); wait=false)
             t = time()
             Server.serve_connection!(w2, b)
-            @test 1.3 < time() - t < 6 && w2.handover[] == -1 && Control.stopping()
+            @test 1.3 < time() - t < 6 && w2.kept.handover == -1 && Control.stopping()
             @test is_hello(read_response(a; timeout=5)) && closed_by_peer(a; timeout=5)
             Posix.closefd(a)
         finally
@@ -185,7 +185,7 @@ end
             Posix.closefd(ours); Posix.closefd(theirs)
         end
     finally
-        w.handover[] >= 0 && Posix.closefd(w.handover[])
+        w.kept.handover >= 0 && Posix.closefd(w.kept.handover)
         Posix.closefd(lfd)
         rm(dirname(lpath); recursive=true, force=true)
     end

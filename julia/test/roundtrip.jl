@@ -93,6 +93,37 @@ function run_roundtrip_tests()
             slot = TestClient.wait_slot(w.board, 1, s -> s.state == 2; timeout=5)
             @test slot.requests == n + 2 && slot.last_duration > 1_500_000_000
             @test TestClient.read_slot(w.board, 0).state == 0           # others untouched
+
+            # Busy from the accept on: a head sent 0.3 s after connecting,
+            # its body still to come, shows busy since the connect.
+            fd = connect_unix(w.sock)
+            t0 = time_ns()
+            sleep(0.3)
+            p = ByteBuf()
+            for (k, v) in cgi_params(example("hello.jl"); method="POST",
+                                     extra=["CONTENT_LENGTH" => "4"])
+                FastCGI.put_pair!(p, k, v)
+            end
+            b = FastCGI.put_begin_request!(ByteBuf(), 1)
+            FastCGI.put_record!(b, FastCGI.PARAMS, 1, p.data[1:p.len])
+            FastCGI.put_empty!(b, FastCGI.PARAMS, 1)
+            send_bytes(fd, b)
+            slot = TestClient.wait_slot(w.board, 1, s -> s.state == 3; timeout=10)
+            @test slot.uri == "/hello.jl" && t0 - 50_000_000 < slot.started < t0 + 200_000_000
+            b = FastCGI.put_record!(ByteBuf(), FastCGI.STDIN, 1, Vector{UInt8}("body"))
+            FastCGI.put_empty!(b, FastCGI.STDIN, 1)
+            send_bytes(fd, b)
+            @test endswith(read_response(fd; timeout=10).stdout, "Hello, world!\n")
+            slot = TestClient.wait_slot(w.board, 1, s -> s.state == 2; timeout=5)
+            @test slot.requests == n + 3 && slot.last_duration > 300_000_000
+            # The next request on that kept connection: busy from its first
+            # bytes, before its URI is known.
+            send_bytes(fd, FastCGI.put_begin_request!(ByteBuf(), 2))
+            slot = TestClient.wait_slot(w.board, 1, s -> s.state == 3; timeout=10)
+            @test slot.uri == "" && slot.method == ""
+            Posix.closefd(fd)
+            slot = TestClient.wait_slot(w.board, 1, s -> s.state == 2; timeout=5)
+            @test slot.requests == n + 3                                  # cut short: not counted
         end
 
         @testset "errors" begin

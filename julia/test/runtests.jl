@@ -3,6 +3,8 @@
 # units.jl      wire format, CGI headers, log escaping, ENV switching
 # pages.jl      page analysis (handler / compiled / fallback) and the CGI
 #               runtime, in process
+# params.jl     CGI variable fix-ups and kept connections, in process
+# deadlines.jl  a request's deadlines and parked connections, in process
 # roundtrip.jl  real worker processes on a unix socket, raw FastCGI
 # stdio.jl      a page's fds 0-2 and streams, against a real worker
 # image.jl      on the pool sysimage only: process state is the process's
@@ -29,6 +31,7 @@ STDIO === nothing || atexit(() -> process_running(STDIO[2].proc) && kill(STDIO[2
     include("units.jl")
     include("pages.jl")
     include("params.jl")
+    include("deadlines.jl")
     FROM_IMAGE && include("image.jl")
     ROUNDTRIP_ENABLED && run_roundtrip_tests()
     ROUNDTRIP_ENABLED && run_stdio_tests()

@@ -42,6 +42,14 @@ pub struct FileConfig {
     pub max_body_bytes: Option<u64>,
     /// How long a connection may stay silent while a request is read.
     pub read_timeout: Option<String>,
+    /// How long a new connection may send nothing at all.
+    pub first_byte_timeout: Option<String>,
+    /// How long a request's params may take, from the accept.
+    pub header_timeout: Option<String>,
+    /// How long its body may take, from the end of the params…
+    pub body_timeout: Option<String>,
+    /// …plus a second per this many bytes received ("16K", or 16384).
+    pub body_min_rate: Option<Rate>,
     /// How long a worker may take from spawn to ready.
     pub worker_start_timeout: Option<String>,
     /// How long a stop waits for requests in progress before killing.
@@ -87,6 +95,37 @@ pub struct FileConfig {
     pub depot: Option<PathBuf>,
     /// Packages every worker loads at start-up, before it is ready.
     pub preload: Option<Vec<String>>,
+}
+
+/// Bytes per second, as written: a number, or a size like "16K".
+#[derive(Debug, Clone)]
+pub enum Rate {
+    Bytes(u64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Rate;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes per second: a whole number, or a size like \"16K\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Rate, E> {
+                Ok(Rate::Bytes(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Rate, E> {
+                u64::try_from(n)
+                    .map(Rate::Bytes)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Rate, E> {
+                Ok(Rate::Text(text.to_owned()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 impl FileConfig {

@@ -15,8 +15,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::Cli;
-use crate::contract::{self, defaults};
+use crate::contract::defaults;
 
+mod deadlines;
 mod environment;
 mod file;
 mod identity;
@@ -28,6 +29,7 @@ mod supervision;
 mod values;
 
 use crate::privileges::Identity;
+pub use deadlines::Deadlines;
 pub use environment::Environment;
 pub use file::FileConfig;
 pub use packages::{Depot, PackageName, Packages, Project};
@@ -88,6 +90,8 @@ pub struct PageSettings {
     pub max_body_bytes: u64,
     /// A whole number of milliseconds, at least one.
     pub read_timeout: Duration,
+    /// Each request's deadlines (whole milliseconds too).
+    pub deadlines: Deadlines,
     /// Workers report each request for the access log.
     pub access_log: bool,
 }
@@ -281,20 +285,11 @@ fn log_target(text: Option<&str>) -> Result<LogTarget, ConfigError> {
 /// The page settings, checked so that each crosses to the worker with the
 /// meaning it was given (see [`crate::contract`]).
 fn pages(cli: &Cli, file: &FileConfig) -> Result<PageSettings, ConfigError> {
-    let read_timeout = duration(
+    let read_timeout = deadlines::whole_ms(
         "read_timeout",
         file.read_timeout.as_deref(),
         defaults::READ_TIMEOUT,
     )?;
-    if contract::whole_millis(read_timeout).is_none() {
-        return Err(invalid(
-            "read_timeout",
-            format!(
-                "{:?}: expected a whole number of milliseconds, at least 1ms",
-                file.read_timeout.as_deref().unwrap_or_default()
-            ),
-        ));
-    }
     let max_params_bytes = file.max_params_bytes.unwrap_or(defaults::MAX_PARAMS_BYTES);
     if max_params_bytes == 0 {
         return Err(invalid("max_params_bytes", "0: no request could be read"));
@@ -312,6 +307,7 @@ fn pages(cli: &Cli, file: &FileConfig) -> Result<PageSettings, ConfigError> {
         max_params_bytes,
         max_body_bytes: file.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES),
         read_timeout,
+        deadlines: deadlines::resolve(file)?,
         access_log: cli.access_log || file.access_log.unwrap_or(false),
     })
 }
