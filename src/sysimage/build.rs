@@ -21,6 +21,7 @@
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -172,8 +173,12 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
         .to_owned();
     let scripts = worker_dir.join("build");
     let parent = opts.output.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(parent)
-        .map_err(|e| fail("output")(format!("{}: {e}", parent.display())))?;
+    if !parent.is_dir() {
+        std::fs::create_dir_all(parent)
+            .and_then(|()| std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)))
+            .map_err(|e| fail("output")(format!("{}: {e}", parent.display())))?;
+    }
+    remove_abandoned_work(parent);
     let work = Scratch(parent.join(format!(".sysimage-build-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&work.0);
     std::fs::create_dir_all(&work.0)
@@ -185,6 +190,27 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
         std::mem::forget(work);
     }
     result
+}
+
+/// Work directories of builds that were killed (a stopped background build):
+/// theirs is a pid that no longer runs.
+fn remove_abandoned_work(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(".sysimage-build-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn build_in(
@@ -667,8 +693,10 @@ fn install(linked: &Path, output: &Path) -> Result<(), String> {
     // On disk before it is in place: after a crash the name holds the old
     // image or the whole new one. (Dirty page-cache pages of a fresh file
     // also count as a worker's Private_Dirty until written back.)
-    std::fs::File::open(linked)
-        .and_then(|f| f.sync_all())
+    // Readable by the service user whatever the builder's umask; written
+    // by root only (the maintainer scripts build as root).
+    std::fs::set_permissions(linked, std::fs::Permissions::from_mode(0o644))
+        .and_then(|()| std::fs::File::open(linked)?.sync_all())
         .map_err(|e| format!("{}: {e}", linked.display()))?;
     if std::fs::rename(linked, output).is_ok() {
         return Ok(());
@@ -700,6 +728,8 @@ fn merge_statements(files: &[PathBuf], out: &Path) -> Result<(), String> {
         text.push('\n');
     }
     std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))
 }
 

@@ -60,6 +60,10 @@ impl Pool<'_> {
 /// Builds (unless `if_stale` and the image fits), printing progress on
 /// stderr. `Ok(false)`: the image was up to date.
 pub fn build_command(pool: &Pool, request: &BuildRequest) -> Result<bool, BuildError> {
+    if pool.config.setting == Setting::Off && request.output.is_none() {
+        eprintln!("sysimage build: sysimage = \"off\" in the config; nothing to build");
+        return Ok(false);
+    }
     let output = pool.image_path(request.output.as_deref());
     if request.if_stale {
         match Image::check(&output, &pool.inputs()) {

@@ -105,7 +105,8 @@ impl Config {
     /// a replaced worker's statements are kept).
     pub fn julia_args(&self, image: Option<&Image>, slot: u32) -> Vec<OsString> {
         let mut args = image.map(Image::julia_args).unwrap_or_default();
-        if let Some(dir) = &self.trace_dir {
+        // A missing directory records nothing rather than stop the worker.
+        if let Some(dir) = self.trace_dir.as_ref().filter(|dir| dir.is_dir()) {
             let ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis());
@@ -141,14 +142,14 @@ mod tests {
 
     #[test]
     fn trace_files_are_per_worker_process() {
-        let config =
-            Config::parse(Some("off"), vec![], Some("minimal"), Some(Path::new("/t"))).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(Some("off"), vec![], Some("minimal"), Some(dir.path())).unwrap();
         assert_eq!(config.base, Base::Minimal);
         let args = config.julia_args(None, 3);
         let arg = args[0].to_string_lossy().into_owned();
-        assert!(
-            arg.starts_with("--trace-compile=/t/worker-3-") && arg.ends_with(".jl"),
-            "{arg}"
-        );
+        let prefix = format!("--trace-compile={}/worker-3-", dir.path().display());
+        assert!(arg.starts_with(&prefix) && arg.ends_with(".jl"), "{arg}");
+        drop(dir);
+        assert!(config.julia_args(None, 3).is_empty());
     }
 }

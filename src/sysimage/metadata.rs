@@ -251,6 +251,7 @@ impl Metadata {
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(self).expect("metadata always serializes");
         std::fs::write(&tmp, text + "\n")?;
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         std::fs::rename(&tmp, path)
     }
 }

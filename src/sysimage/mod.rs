@@ -238,6 +238,10 @@ fn misfit(m: &Metadata, inputs: &Inputs) -> Option<String> {
     if let Some(why) = m.image.changed() {
         return Some(format!("the image does not match its metadata ({why})"));
     }
+    // Workers run as this process's user: what it cannot read, they cannot.
+    if let Err(e) = std::fs::File::open(&m.image.path) {
+        return Some(format!("cannot read {}: {e}", m.image.path.display()));
+    }
     if canonical(&m.julia.path) != canonical(&inputs.julia) {
         return Some(format!(
             "built for julia {} at {}, the pool runs {}",
