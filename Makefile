@@ -6,6 +6,8 @@
 #   make packages               the .deb and the .rpm, in target/packages/
 #   make check-packages         packages, then lintian and rpmlint on them
 #   make package-tools          cargo-deb and cargo-generate-rpm, if missing
+#   make sysimage               the pool sysimage for this tree's worker, in
+#                               target/sysimage/ (SYSIMAGE_ARGS='--base minimal')
 #
 # The install layout is written down here and nowhere else. `make packages`
 # stages it with `make install DESTDIR=target/pkgroot`, and the .deb and .rpm
@@ -63,7 +65,13 @@ PACKAGES := target/packages
 VERSION = $(shell $(CARGO) pkgid | $(SED) 's/.*[#@]//')
 DEB_MAINTAINER = $(shell $(SED) -n 's/^maintainer = "\(.*\)"$$/\1/p' Cargo.toml)
 
-.PHONY: all build install uninstall packages check-packages package-tools clean-packages
+# The julia `make sysimage` builds for (the workers must run the same one).
+JULIA ?= $(shell command -v julia || echo /usr/bin/julia)
+SYSIMAGE_ARGS ?=
+# Settings resolve a service user as root; the build does not run as it.
+SYSIMAGE_USER ?= $(if $(filter 0,$(shell id -u)),-u nobody)
+
+.PHONY: all build install uninstall packages check-packages package-tools clean-packages sysimage
 
 all: build
 
@@ -87,6 +95,8 @@ install: build
 	$(INSTALL) -D -m 0644 julia/worker.jl $(DESTDIR)$(pkgdatadir)/worker.jl
 	$(INSTALL) -d $(DESTDIR)$(pkgdatadir)/src
 	$(INSTALL) -m 0644 julia/src/*.jl $(DESTDIR)$(pkgdatadir)/src/
+	$(INSTALL) -d $(DESTDIR)$(pkgdatadir)/build
+	$(INSTALL) -m 0644 julia/build/*.jl $(DESTDIR)$(pkgdatadir)/build/
 	$(INSTALL) -d $(DESTDIR)$(systemdsystemunitdir)
 	for unit in julia-fcgi.socket julia-fcgi.service; do \
 		$(SED) $(UNIT_PATHS) systemd/$$unit > $(DESTDIR)$(systemdsystemunitdir)/$$unit && \
@@ -159,3 +169,9 @@ package-tools:
 
 clean-packages:
 	rm -rf $(STAGE) $(PACKAGES) $(DEB_CHANGELOG)
+
+# The pool sysimage for the worker of this tree (julia-fcgi sysimage build
+# writes target/sysimage/sysimage.so and its metadata; `sysimage = "auto"`
+# finds it there for a binary in target/*/). Minutes: progress is printed.
+sysimage: build
+	$(BIN) -b $(JULIA) -v julia/worker.jl $(SYSIMAGE_USER) sysimage build $(SYSIMAGE_ARGS)

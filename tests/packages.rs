@@ -216,6 +216,10 @@ const ESSENTIAL: &[&str] = &[
     "/usr/sbin/julia-fcgi",
     "/usr/share/julia-fcgi/worker.jl",
     "/usr/share/julia-fcgi/src/JuliaFCGI.jl",
+    // `julia-fcgi sysimage build` finds its scripts next to the worker.
+    "/usr/share/julia-fcgi/build/build.jl",
+    "/usr/share/julia-fcgi/build/probe.jl",
+    "/usr/share/julia-fcgi/build/base.jl",
     "/usr/lib/systemd/system/julia-fcgi.socket",
     "/usr/lib/systemd/system/julia-fcgi.service",
     "/usr/lib/sysusers.d/julia-fcgi.conf",
@@ -293,6 +297,10 @@ fn make_install_is_the_layout_the_packages_ship() {
             "usr/lib/systemd/system/julia-fcgi.service",
         ),
         ("julia/worker.jl", "usr/share/julia-fcgi/worker.jl"),
+        (
+            "julia/build/build.jl",
+            "usr/share/julia-fcgi/build/build.jl",
+        ),
         (
             "packaging/sysusers.d/julia-fcgi.conf",
             "usr/lib/sysusers.d/julia-fcgi.conf",
@@ -516,6 +524,19 @@ fn deb_maintainer_scripts() {
         "prerm must stop only on removal"
     );
     assert!(prerm.contains("deb-systemd-invoke stop 'julia-fcgi.socket' 'julia-fcgi.service'"));
+    assert!(prerm.contains("deb-systemd-invoke stop 'julia-fcgi-sysimage.service'"));
+    // The pool sysimage: built unless up to date, in the background under
+    // systemd, into the directory purge removes; never fatal.
+    for needle in [
+        "$jf status",
+        "build --if-stale",
+        "systemd-run --quiet --no-block --unit=julia-fcgi-sysimage.service",
+        "systemctl try-reload-or-restart julia-fcgi.service",
+        "STATE_DIRECTORY=/var/lib/julia-fcgi",
+        "JULIA_FCGI_NO_SYSIMAGE",
+    ] {
+        assert!(postinst.contains(needle), "postinst lacks {needle:?}");
+    }
 
     let root = tempfile::tempdir().unwrap();
     // A fresh installation: the user, its home, the socket enabled.
@@ -532,10 +553,20 @@ fn deb_maintainer_scripts() {
         run_script(&script("prerm"), &["upgrade", VERSION], root.path()),
         Vec::<String>::new()
     );
+    // A new julia (the trigger): nothing to do in a DPKG_ROOT.
+    assert_eq!(
+        run_script(
+            &script("postinst"),
+            &["triggered", "/usr/lib/x86_64-linux-gnu/julia"],
+            root.path()
+        ),
+        Vec::<String>::new()
+    );
     // Purge: the enablement and the user's state go.
     for dir in [
         "var/lib/julia-fcgi/.julia",
         "run/julia-fcgi",
+        "var/cache/julia-fcgi",
         "var/lib/other",
     ] {
         fs::create_dir_all(root.path().join(dir)).unwrap();
@@ -546,6 +577,10 @@ fn deb_maintainer_scripts() {
     );
     assert!(!root.path().join("var/lib/julia-fcgi").exists());
     assert!(!root.path().join("run/julia-fcgi").exists());
+    assert!(
+        !root.path().join("var/cache/julia-fcgi").exists(),
+        "the pool sysimage survived the purge"
+    );
     assert!(
         root.path().join("var/lib/other").exists(),
         "purge removed too much"
@@ -590,6 +625,13 @@ fn rpm_scriptlets() {
         post.contains("preset julia-fcgi.socket julia-fcgi.service"),
         "{post}"
     );
+    for needle in [
+        "$jf status",
+        "build --if-stale",
+        "julia-fcgi-sysimage.service",
+    ] {
+        assert!(post.contains(needle), "%post lacks {needle:?}:\n{post}");
+    }
     let preun = section("preuninstall");
     assert!(preun.contains("if [ \"$1\" -eq 0 ]"), "{preun}");
     assert!(
@@ -603,6 +645,7 @@ fn rpm_scriptlets() {
         postun.contains("try-restart julia-fcgi.service"),
         "{postun}"
     );
+    assert!(postun.contains("rm -rf /var/cache/julia-fcgi"), "{postun}");
     for (name, body) in [("post", &post), ("preun", &preun), ("postun", &postun)] {
         assert!(
             !body.contains("restart julia-fcgi.socket"),

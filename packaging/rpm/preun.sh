@@ -2,4 +2,6 @@
 if [ "$1" -eq 0 ]; then
     # Package removal, not upgrade: stop and disable.
     systemctl --no-reload disable --now julia-fcgi.socket julia-fcgi.service >/dev/null 2>&1 || :
+    # A pool sysimage build still running in the background (%post).
+    systemctl stop julia-fcgi-sysimage.service >/dev/null 2>&1 || :
 fi
