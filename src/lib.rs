@@ -51,6 +51,7 @@
 //! - [`signals`]: SIGTERM/SIGINT into a stop, SIGHUP into a reload.
 //! - [`notify`]: `sd_notify` readiness, status, watchdog.
 //! - [`logging`]: `tracing` to the journal or stderr.
+//! - [`sysimage`]: the pool sysimage: building one, and choosing (or refusing) it.
 //!
 //! `main.rs` only parses arguments and wires these together.
 
@@ -70,4 +71,5 @@ pub mod runtime_dir;
 pub mod scoreboard;
 pub mod signals;
 pub mod status;
+pub mod sysimage;
 pub mod worker;
