@@ -123,6 +123,66 @@ pub struct Cli {
 pub enum Command {
     /// Show a running julia-fcgi's workers, requests and queue
     Status(StatusArgs),
+    /// Build the pool sysimage (workers that start compiled), or say
+    /// whether the pool's workers start from one
+    Sysimage(SysimageArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(subcommand_required = true, arg_required_else_help = true)]
+pub struct SysimageArgs {
+    #[command(subcommand)]
+    pub action: SysimageAction,
+    /// Print help
+    #[arg(short = 'h', long = "help", action = ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum SysimageAction {
+    /// Build the image for the config's julia, worker and sysimage_packages
+    /// (minutes; progress on stderr). A running pool uses it from its next
+    /// start or reload (SIGHUP)
+    Build(SysimageBuildArgs),
+    /// Say whether the pool's workers start from an image, or why not; exit
+    /// status 0 only when they do
+    Status(HelpOnly),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SysimageBuildArgs {
+    /// Where the image goes [default: the `sysimage` path in the config,
+    /// else where `sysimage = "auto"` looks]
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// What to build on: julia (julia's own system image) or minimal
+    /// [default: sysimage_base in the config, else julia]
+    #[arg(long, value_name = "BASE", value_parser = ["julia", "minimal"])]
+    pub base: Option<String>,
+    /// More precompile statements to compile ahead: a file, or a directory
+    /// of workers' --trace-compile files (repeatable; sysimage_trace too)
+    #[arg(long = "trace", value_name = "PATH")]
+    pub traces: Vec<PathBuf>,
+    /// Julia's --cpu-target [default: native, this CPU only]
+    #[arg(long, value_name = "TARGET")]
+    pub cpu_target: Option<String>,
+    /// Build only when the image there does not fit the pool
+    #[arg(long)]
+    pub if_stale: bool,
+    /// Keep the work directory (objects, logs) for a look afterwards
+    #[arg(long)]
+    pub keep_work_dir: bool,
+    /// Print help
+    #[arg(short = 'h', long = "help", action = ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+/// A subcommand without options of its own.
+#[derive(Debug, Clone, Args)]
+pub struct HelpOnly {
+    /// Print help
+    #[arg(short = 'h', long = "help", action = ArgAction::Help)]
+    pub help: Option<bool>,
 }
 
 #[derive(Debug, Clone, Args)]

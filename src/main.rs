@@ -11,8 +11,9 @@ use clap::{CommandFactory, Parser};
 use tokio::sync::{mpsc, watch};
 
 use julia_fcgi::cgroup::Cgroups;
-use julia_fcgi::cli::{Cli, Command, StatusArgs};
+use julia_fcgi::cli::{Cli, Command, StatusArgs, SysimageAction};
 use julia_fcgi::config::{self, Environment, Settings};
+use julia_fcgi::contract::WorkerContract;
 use julia_fcgi::listen::{Listener, Sockets, StatusSocket};
 use julia_fcgi::notify::{self, Notifier};
 use julia_fcgi::pool::{self, Pool, Shared};
@@ -20,6 +21,8 @@ use julia_fcgi::runtime_dir::RuntimeDir;
 use julia_fcgi::scoreboard::Scoreboard;
 use julia_fcgi::signals::Signals;
 use julia_fcgi::status::{self, Report};
+use julia_fcgi::sysimage::command::{self as sysimage, BuildRequest};
+use julia_fcgi::sysimage::Base;
 use julia_fcgi::{logging, privileges};
 
 fn main() -> ExitCode {
@@ -38,6 +41,9 @@ fn main() -> ExitCode {
         // Usage text and exit 2, like clap's own errors, before anything runs.
         Err(e) => usage_error(e),
     };
+    if let Some(Command::Sysimage(args)) = &cli.command {
+        return sysimage_command(&settings, &args.action);
+    }
     if let Err(e) = logging::init(settings.log_level.as_deref(), settings.log_target) {
         usage_error(e);
     }
@@ -107,6 +113,47 @@ fn status_command(cli: &Cli, args: &StatusArgs, env: &Environment) -> ExitCode {
         watch: args.watch,
     };
     status::client::run(&addr, show)
+}
+
+/// `julia-fcgi sysimage build|status`, for the pool the flags and the
+/// config describe; nothing is bound or started but the build's own
+/// workers.
+fn sysimage_command(settings: &Settings, action: &SysimageAction) -> ExitCode {
+    for warning in &settings.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let pool = sysimage::Pool {
+        julia: &settings.julia,
+        worker_file: &settings.worker_file,
+        env: WorkerContract::from(settings).env(),
+        config: &settings.sysimage,
+        start_timeout: settings.worker_start_timeout,
+    };
+    match action {
+        SysimageAction::Status(_) if sysimage::status_command(&pool) => ExitCode::SUCCESS,
+        SysimageAction::Status(_) => ExitCode::FAILURE,
+        SysimageAction::Build(args) => {
+            let request = BuildRequest {
+                output: args.output.clone(),
+                // clap allowed only the names Base::parse knows.
+                base: args.base.as_deref().and_then(|b| Base::parse(b).ok()),
+                traces: args.traces.clone(),
+                cpu_target: args.cpu_target.clone(),
+                if_stale: args.if_stale,
+                keep_work_dir: args.keep_work_dir,
+            };
+            match sysimage::build_command(&pool, &request) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!(
+                        "sysimage build failed at {e}
+                         nothing was installed; the workers keep starting as before"
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }
 
 /// What the privileged set-up prepared, handed to the async part.

@@ -43,6 +43,10 @@ pub struct Spec {
     pub limits: Limits,
     /// The scoreboard file, passed to each worker with its slot number.
     pub scoreboard: Option<Arc<std::fs::File>>,
+    /// The pool sysimage the workers start from (chosen once per
+    /// configuration), and the settings that add the trace file.
+    pub image: Option<crate::sysimage::Image>,
+    pub sysimage: crate::sysimage::Config,
 }
 
 /// What a worker's actor tells the pool.

@@ -5,10 +5,9 @@
 //! stale image is refused with a reason; a project page finds its package
 //! in the image without precompiling anything.
 //!
-//! Until `julia-fcgi` has the `sysimage` setting wired in, the master is
-//! pointed at the image through a one-line julia wrapper (`julia -J IMAGE
-//! "$@"`): the worker processes are exactly those the setting starts. The
-//! tests of the setting itself are `#[ignore]`d until then.
+//! The master is pointed at the image with the `sysimage` setting; the
+//! worker's own tests run on it through a one-line julia wrapper (`julia -J
+//! IMAGE "$@"`).
 
 mod common;
 
@@ -127,6 +126,23 @@ impl Fixture {
         )
     }
 
+    /// The real master with `sysimage` set to the fixture's image, once it
+    /// says its workers start from it.
+    fn daemon_on_image(&self, config: &str) -> Daemon {
+        let d = self.daemon(
+            &common::julia(),
+            &format!(
+                "sysimage = {:?}\nsysimage_packages = [\"Greeting\"]\n{config}",
+                self.image.display().to_string()
+            ),
+        );
+        d.wait_for_log(
+            "workers start from the pool sysimage",
+            Duration::from_secs(5),
+        );
+        d
+    }
+
     /// The real master, its workers on `julia`.
     fn daemon(&self, julia: &Path, config: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
@@ -179,7 +195,7 @@ fn the_image_serves_pages() {
         f.image_ready.as_secs_f64(),
         f.source_ready.as_secs_f64()
     );
-    let d = f.daemon(&f.image_julia, "");
+    let d = f.daemon_on_image("");
     let pages = d.dir.path();
     let addr = &d.addr;
 
@@ -242,7 +258,7 @@ fn the_image_serves_pages() {
 #[test]
 fn a_project_package_comes_from_the_image() {
     let f = fixture();
-    let d = f.daemon(&f.image_julia, "preload = [\"Greeting\"]\n");
+    let d = f.daemon_on_image("preload = [\"Greeting\"]\n");
     let r = fcgi::get(&d.addr, &f.project.join("greet.jl"), "image");
     assert_eq!(r.status(), 200, "{}", r.body_text());
     assert!(r.body_text().contains("image"), "{}", r.body_text());
@@ -372,7 +388,6 @@ fn a_stale_image_is_refused() {
 }
 
 #[test]
-#[ignore = "needs the sysimage setting wired into julia-fcgi (issue 14)"]
 fn the_master_uses_a_valid_image_and_refuses_a_stale_one() {
     let f = fixture();
     let d = f.daemon(

@@ -95,6 +95,14 @@ pub struct FileConfig {
     pub depot: Option<PathBuf>,
     /// Packages every worker loads at start-up, before it is ready.
     pub preload: Option<Vec<String>>,
+    /// The pool sysimage: "auto", "off" or an image's absolute path.
+    pub sysimage: Option<String>,
+    /// Standard libraries and project packages compiled into the image.
+    pub sysimage_packages: Option<Vec<String>>,
+    /// What `julia-fcgi sysimage build` builds on: "julia" or "minimal".
+    pub sysimage_base: Option<String>,
+    /// A directory where workers record what they compile, for the next build.
+    pub sysimage_trace: Option<PathBuf>,
 }
 
 /// Bytes per second, as written: a number, or a size like "16K".

@@ -113,6 +113,9 @@ pub struct Settings {
     pub identity: Option<Identity>,
     pub pages: PageSettings,
     pub packages: Packages,
+    /// The pool sysimage: which image workers start from, and how the next
+    /// one is built.
+    pub sysimage: crate::sysimage::Config,
     pub worker_start_timeout: Duration,
     pub shutdown_grace: Duration,
     /// The old `-s` socket, kept only to say that it is ignored.
@@ -168,6 +171,7 @@ impl Settings {
         );
         let mut warnings = Vec::new();
         let packages = packages::resolve(&file, env, identity.as_ref(), &home, &mut warnings)?;
+        let sysimage = sysimage(&file)?;
         let (pages, supervision) = (
             pages(cli, &file)?,
             supervision::resolve(&file, workers.get())?,
@@ -192,6 +196,7 @@ impl Settings {
             identity,
             pages,
             packages,
+            sysimage,
             worker_start_timeout,
             shutdown_grace,
             compat_socket: cli.socket.clone(),
@@ -268,6 +273,27 @@ fn wanted_identity(
         cli.allow_root || file.allow_to_run_as_root.unwrap_or(false),
         env,
     )
+}
+
+/// The sysimage settings; package names follow `preload`'s rules.
+fn sysimage(file: &FileConfig) -> Result<crate::sysimage::Config, ConfigError> {
+    let packages = file
+        .sysimage_packages
+        .iter()
+        .flatten()
+        .map(|name| {
+            PackageName::parse(name)
+                .map(|name| name.as_str().to_owned())
+                .map_err(|e| invalid("sysimage_packages", e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::sysimage::Config::parse(
+        file.sysimage.as_deref(),
+        packages,
+        file.sysimage_base.as_deref(),
+        file.sysimage_trace.as_deref(),
+    )
+    .map_err(|(setting, message)| invalid(setting, message))
 }
 
 fn log_target(text: Option<&str>) -> Result<LogTarget, ConfigError> {

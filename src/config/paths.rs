@@ -40,6 +40,8 @@ fn is_executable(path: &Path) -> bool {
 }
 
 pub(super) fn check_worker_file(path: PathBuf) -> Result<PathBuf, ConfigError> {
+    // Workers run in /: a relative path is the caller's, made absolute here.
+    let path = std::path::absolute(&path).unwrap_or(path);
     match std::fs::File::open(&path) {
         Ok(_) if path.is_file() => Ok(path),
         Ok(_) => Err(invalid(
@@ -244,5 +246,15 @@ mod tests {
         assert_eq!(check_use(&inner, Use::Write, Some(&them)), Ok(()));
         let err = check_use(&inner, Use::Read, None).unwrap_err();
         assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn a_relative_worker_file_is_made_absolute() {
+        // The workers run in /, so the path must not depend on the caller's
+        // directory (the crate's tests run in the repository).
+        let path = check_worker_file(PathBuf::from("julia/worker.jl")).unwrap();
+        assert!(path.is_absolute(), "{}", path.display());
+        assert!(path.ends_with("julia/worker.jl"));
+        assert!(path.is_file());
     }
 }

@@ -44,14 +44,21 @@ pub struct Shared {
 impl Config {
     /// The pool's configuration as `settings` say it, on what `shared` holds.
     pub fn from_settings(settings: &Settings, shared: &Shared) -> Config {
+        let env = WorkerContract::from(settings).env();
+        // Chosen (and said in the log) at every start and reload.
+        let image = settings
+            .sysimage
+            .choose(&settings.julia, &settings.worker_file, &env);
         let spec = Spec {
             julia: settings.julia.clone(),
             worker_file: settings.worker_file.clone(),
-            env: WorkerContract::from(settings).env(),
+            env,
             listener: shared.listener.clone(),
             cgroups: shared.cgroups.clone(),
             limits: settings.supervision.limits.clone(),
             scoreboard: shared.board_file.clone(),
+            image,
+            sysimage: settings.sysimage.clone(),
         };
         let options = Options {
             size: settings.workers.get(),

@@ -38,6 +38,8 @@ fn config(size: u32, supervision: Supervision) -> Config {
             cgroups: None,
             limits: Default::default(),
             scoreboard: None,
+            image: None,
+            sysimage: Default::default(),
         }),
         options: Options {
             size,

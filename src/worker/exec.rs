@@ -26,12 +26,13 @@ pub(super) struct Plumbing {
     pub procs: Option<RawFd>,
 }
 
-/// The command that starts worker `slot`: Julia with its options, the
-/// worker program, and the whole environment (the master's own is not
+/// The command that starts worker `slot`: Julia with its options (and the
+/// pool sysimage's), the worker program, and the whole environment (the master's own is not
 /// inherited): the contract's, plus the variables of this worker alone.
 pub(super) fn command(spec: &Spec, slot: u32, plumbing: Plumbing) -> io::Result<Command> {
     let mut command = Command::new(&spec.julia);
     command
+        .args(spec.sysimage.julia_args(spec.image.as_ref(), slot))
         .args(JULIA_OPTIONS)
         .arg(&spec.worker_file)
         .env_clear()
@@ -155,6 +156,8 @@ mod tests {
             cgroups: None,
             limits: Default::default(),
             scoreboard: None,
+            image: None,
+            sysimage: Default::default(),
         };
         let plumbing = Plumbing {
             control: 7,
@@ -189,5 +192,38 @@ mod tests {
         }
         assert_eq!(env.len(), 5, "{env:?}");
         assert!(spec.listener.as_raw_fd() > 2);
+    }
+
+    #[test]
+    fn the_pool_sysimage_settings_come_before_the_worker_file() {
+        let traces = tempfile::tempdir().unwrap();
+        let listener = std::fs::File::open("/dev/null").unwrap();
+        let sysimage =
+            crate::sysimage::Config::parse(None, vec![], None, Some(traces.path())).unwrap();
+        let spec = Spec {
+            julia: PathBuf::from("/usr/bin/julia"),
+            worker_file: PathBuf::from("/srv/worker.jl"),
+            env: vec![],
+            listener: Arc::new(listener.into()),
+            cgroups: None,
+            limits: Default::default(),
+            scoreboard: None,
+            image: None,
+            sysimage,
+        };
+        let plumbing = Plumbing {
+            control: 7,
+            board: None,
+            procs: None,
+        };
+        let command = command(&spec, 4, plumbing).unwrap();
+        let args: Vec<String> = command
+            .as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let trace = format!("--trace-compile={}/worker-4-", traces.path().display());
+        assert!(args[0].starts_with(&trace), "{args:?}");
+        assert_eq!(args.last().map(String::as_str), Some("/srv/worker.jl"));
     }
 }
