@@ -290,7 +290,7 @@ fn a_pool_project_package_is_precompiled_by_the_service_user() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let project = dir.path().join("project");
-    copy_dir(&repo().join("examples/project"), &project);
+    common::copy_dir(&repo().join("examples/project"), &project);
     let depot = dir.path().join("depot");
     std::fs::create_dir(&depot).unwrap();
     let www_data = nix::unistd::User::from_name("www-data").unwrap().unwrap();
@@ -343,7 +343,10 @@ fn a_pool_project_package_is_precompiled_by_the_service_user() {
         }
     }
     // Precompiled by the first request, as the service user, into the depot.
-    let cache = find_file(&depot.join("compiled"), "ji").expect("a precompiled Greeting");
+    let cache = common::files_under(&depot.join("compiled"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "ji"))
+        .expect("a precompiled Greeting");
     assert!(cache.to_string_lossy().contains("Greeting"), "{cache:?}");
     assert_eq!(
         std::fs::metadata(&cache).unwrap().uid(),
@@ -359,31 +362,4 @@ fn a_pool_project_package_is_precompiled_by_the_service_user() {
         "{}",
         r.body_text()
     );
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-fn find_file(dir: &Path, ext: &str) -> Option<PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()? {
-        let path = entry.ok()?.path();
-        if path.is_dir() {
-            if let Some(found) = find_file(&path, ext) {
-                return Some(found);
-            }
-        } else if path.extension().is_some_and(|e| e == ext) {
-            return Some(path);
-        }
-    }
-    None
 }

@@ -37,19 +37,6 @@ struct Fixture {
     image_ready: Duration,
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
@@ -58,15 +45,15 @@ fn fixture() -> &'static Fixture {
         for part in ["worker.jl", "src", "build", "test"] {
             let from = common::repo().join("julia").join(part);
             if from.is_dir() {
-                copy_dir(&from, &root.join("julia").join(part));
+                common::copy_dir(&from, &root.join("julia").join(part));
             } else {
                 std::fs::create_dir_all(root.join("julia")).unwrap();
                 std::fs::copy(&from, root.join("julia").join(part)).unwrap();
             }
         }
         // The worker's tests serve the example pages next to it.
-        copy_dir(&common::examples(), &root.join("examples"));
-        copy_dir(&common::examples().join("project"), &root.join("project"));
+        common::copy_dir(&common::examples(), &root.join("examples"));
+        common::copy_dir(&common::examples().join("project"), &root.join("project"));
         let depot = root.join("depot");
         std::fs::create_dir_all(&depot).unwrap();
         let worker_file = root.join("julia/worker.jl");
@@ -264,7 +251,7 @@ fn a_project_package_comes_from_the_image() {
     assert!(r.body_text().contains("image"), "{}", r.body_text());
     // Compiled into the image: nothing was precompiled into the depot.
     let compiled = f.depot.join("compiled");
-    let cached: Vec<_> = walk(&compiled)
+    let cached: Vec<_> = common::files_under(&compiled)
         .into_iter()
         .filter(|p| p.to_string_lossy().contains("Greeting"))
         .collect();
@@ -274,21 +261,6 @@ fn a_project_package_comes_from_the_image() {
         "{}",
         d.log_text()
     );
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        }
-        out.push(path);
-    }
-    out
 }
 
 #[test]
@@ -314,8 +286,8 @@ fn the_worker_tests_pass_on_the_image() {
 /// copied to where it may be changed: fits until the copy changes.
 fn twin(f: &Fixture, name: &str) -> (PathBuf, PathBuf) {
     let dir = f.root.join(name);
-    copy_dir(&f.root.join("julia"), &dir.join("julia"));
-    copy_dir(&f.project, &dir.join("project"));
+    common::copy_dir(&f.root.join("julia"), &dir.join("julia"));
+    common::copy_dir(&f.project, &dir.join("project"));
     let image = dir.join("sysimage.so");
     std::fs::copy(&f.image, &image).unwrap();
     let mut m = Image::check(&f.image, &f.inputs()).unwrap().metadata;
