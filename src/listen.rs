@@ -195,9 +195,16 @@ fn bind_error(addr: impl ToString, source: impl Into<io::Error>) -> ListenError 
     }
 }
 
-/// Where the master's status page is served.
+/// Where the master's status page is served, and its health listener.
 #[derive(Debug)]
-pub enum StatusSocket {
+pub struct StatusSocket {
+    page: StatusPage,
+    /// `health_listen`: `/ping` and `/ready` only, for load balancers.
+    health: Option<Listener>,
+}
+
+#[derive(Debug)]
+enum StatusPage {
     /// systemd passed it (`FileDescriptorName=status`).
     Passed(OwnedFd),
     /// Bound here ([`bind_status`]); a unix socket file is removed on exit.
@@ -205,28 +212,59 @@ pub enum StatusSocket {
 }
 
 impl StatusSocket {
-    /// The socket systemd `passed`, else one bound as the settings say.
+    /// The socket systemd `passed`, else one bound as the settings say; and
+    /// the health listener when `health_listen` asks for one.
     pub fn acquire(passed: Option<OwnedFd>, settings: &Settings) -> Result<Self, ListenError> {
-        Ok(match passed {
-            Some(fd) => StatusSocket::Passed(fd),
-            None => StatusSocket::Bound(bind_status(settings)?),
-        })
+        let page = match passed {
+            Some(fd) => StatusPage::Passed(fd),
+            None => StatusPage::Bound(bind_status(settings)?),
+        };
+        let health = settings
+            .health_listen
+            .as_ref()
+            .map(|addr| bind_health(addr, settings))
+            .transpose()?;
+        Ok(StatusSocket { page, health })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
-        match self {
-            StatusSocket::Passed(fd) => fd.as_fd(),
-            StatusSocket::Bound(listener) => listener.fd.as_fd(),
+        match &self.page {
+            StatusPage::Passed(fd) => fd.as_fd(),
+            StatusPage::Bound(listener) => listener.fd.as_fd(),
         }
     }
 
     /// What it listens on, for the log.
     pub fn description(&self) -> &str {
-        match self {
-            StatusSocket::Passed(_) => "the socket systemd passed",
-            StatusSocket::Bound(listener) => &listener.description,
+        match &self.page {
+            StatusPage::Passed(_) => "the socket systemd passed",
+            StatusPage::Bound(listener) => &listener.description,
         }
     }
+
+    /// The health listener, when `health_listen` is set.
+    pub fn health(&self) -> Option<&Listener> {
+        self.health.as_ref()
+    }
+}
+
+/// The health listener: any address, since it says only whether the pool
+/// is up and ready; a unix socket there is world-connectable (0666) for the
+/// same reason.
+fn bind_health(addr: &ListenAddr, settings: &Settings) -> Result<Listener, ListenError> {
+    if let ListenAddr::Tcp {
+        all_interfaces: true,
+        addr,
+    } = addr
+    {
+        tracing::warn!(
+            "health_listen on every interface ({addr}): /ping and /ready are reachable from \
+             any network this host is on; prefer the private address the balancer uses"
+        );
+    }
+    let mut health_settings = settings.clone();
+    health_settings.socket_owner = None;
+    bind_addr(addr, 0o666, &health_settings)
 }
 
 impl Sockets {

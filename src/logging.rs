@@ -4,7 +4,9 @@
 //! Fields become journal fields: `worker` and `worker_pid` are `WORKER` and
 //! `WORKER_PID`, `request_uri` is `REQUEST_URI`, so `journalctl -u julia-fcgi
 //! WORKER=1` shows one worker's lines. Every line a worker prints is one
-//! entry; the journal's native protocol has no line length limit.
+//! entry; the journal's native protocol has no line length limit. A named
+//! pool's entries all carry `POOL=NAME`, so `journalctl POOL=blog` finds
+//! one pool's lines whichever unit or host wrote them.
 
 use std::io::IsTerminal;
 use std::os::fd::AsRawFd;
@@ -14,13 +16,14 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogTarget;
+use crate::config::{LogTarget, PoolName};
 
 pub const SYSLOG_IDENTIFIER: &str = "julia-fcgi";
 
 /// `level` (from `--log-level` or the config) wins over `RUST_LOG`; the
-/// default is `info`. Returns a message when the filter could not be used.
-pub fn init(level: Option<&str>, target: LogTarget) -> Result<(), String> {
+/// default is `info`. Entries in the journal carry `POOL=` of `pool`.
+/// Returns a message when the filter could not be used.
+pub fn init(level: Option<&str>, target: LogTarget, pool: Option<&PoolName>) -> Result<(), String> {
     let filter = match level {
         Some(level) => {
             EnvFilter::try_new(level).map_err(|e| format!("invalid log level {level:?}: {e}"))?
@@ -46,7 +49,8 @@ pub fn init(level: Option<&str>, target: LogTarget) -> Result<(), String> {
                 let layer = layer
                     .with_field_prefix(None)
                     .with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned())
-                    .with_priority_mappings(priorities());
+                    .with_priority_mappings(priorities())
+                    .with_custom_fields(pool_fields(pool));
                 registry.with(layer).init();
                 return Ok(());
             }
@@ -67,6 +71,14 @@ pub fn init(level: Option<&str>, target: LogTarget) -> Result<(), String> {
         )
         .init();
     Ok(())
+}
+
+/// The fields every entry carries: `POOL=NAME` for a named pool (a
+/// checked name, so the value needs no escaping).
+fn pool_fields(pool: Option<&PoolName>) -> Vec<(&'static str, String)> {
+    pool.map(|name| ("POOL", name.to_string()))
+        .into_iter()
+        .collect()
 }
 
 /// syslog's meaning of the levels, as other daemons use them: routine
@@ -97,5 +109,17 @@ fn stderr_is_journal() -> bool {
             dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
         }
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_pool_tags_every_entry_and_an_unnamed_one_nothing() {
+        let blog = PoolName::parse("blog").unwrap();
+        assert_eq!(pool_fields(Some(&blog)), [("POOL", "blog".to_owned())]);
+        assert!(pool_fields(None).is_empty());
     }
 }

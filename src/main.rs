@@ -44,7 +44,11 @@ fn main() -> ExitCode {
     if let Some(Command::Sysimage(args)) = &cli.command {
         return sysimage_command(&settings, &args.action);
     }
-    if let Err(e) = logging::init(settings.log_level.as_deref(), settings.log_target) {
+    if let Err(e) = logging::init(
+        settings.log_level.as_deref(),
+        settings.log_target,
+        settings.pool.as_ref(),
+    ) {
         usage_error(e);
     }
     for warning in &settings.warnings {
@@ -241,10 +245,14 @@ async fn serve(
         cgroups: cgroups.tree,
     };
     let (reports_tx, reports_rx) = watch::channel(Arc::new(Report::default()));
-    tracing::info!("status page and ping on {}", status.description());
-    tokio::spawn(status::serve(status.fd().try_clone_to_owned()?, reports_rx));
-    let config = pool::Config::from_settings(&settings, &shared);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let served = status::Served {
+        reports: reports_rx,
+        stopping: stop_rx.clone(),
+        pool: settings.pool.clone(),
+    };
+    status::spawn(&status, served)?;
+    let config = pool::Config::from_settings(&settings, &shared);
     let (reload_tx, reload_rx) = mpsc::unbounded_channel();
     let signals = Signals {
         cli,

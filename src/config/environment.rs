@@ -29,6 +29,8 @@ const CONSULTED: &[&str] = &[
     "STATE_DIRECTORY",
     "RUNTIME_DIRECTORY",
     "XDG_RUNTIME_DIR",
+    // Set by julia-fcgi@.service to its instance name: the default `pool`.
+    "JULIA_FCGI_POOL",
 ];
 
 /// The process's effective user and the variables in [`CONSULTED`], as they

@@ -103,6 +103,12 @@ pub struct FileConfig {
     pub sysimage_base: Option<String>,
     /// A directory where workers record what they compile, for the next build.
     pub sysimage_trace: Option<PathBuf>,
+    /// The pool's name: the status page, the `pool` label of the metrics
+    /// and `POOL=` in the journal (default: the `julia-fcgi@NAME` instance).
+    pub pool: Option<String>,
+    /// Where `GET /ping` and `GET /ready` alone are served over HTTP, for
+    /// load balancers: any address, a private interface included.
+    pub health_listen: Option<String>,
 }
 
 /// Bytes per second, as written: a number, or a size like "16K".

@@ -23,6 +23,7 @@ mod file;
 mod identity;
 mod packages;
 mod paths;
+mod pool;
 mod reload;
 mod status;
 mod supervision;
@@ -34,6 +35,7 @@ pub use environment::Environment;
 pub use file::FileConfig;
 pub use packages::{Depot, PackageName, Packages, Project};
 pub use paths::default_runtime_dir;
+pub use pool::{PoolName, POOL_VAR};
 pub use reload::Reloaded;
 pub use status::{default_status_socket, status_target};
 pub use supervision::{ProcessManager, Supervision};
@@ -122,6 +124,11 @@ pub struct Settings {
     pub compat_socket: Option<PathBuf>,
     pub runtime_dir: PathBuf,
     pub status_listen: Option<ListenAddr>,
+    /// Where `/ping` and `/ready` alone are served, for load balancers.
+    pub health_listen: Option<ListenAddr>,
+    /// The pool's name, when it has one (`pool`, or the instance of
+    /// `julia-fcgi@NAME`): in the status, the metrics and the journal.
+    pub pool: Option<PoolName>,
     pub supervision: Supervision,
     /// The environment these were resolved in (the workers get some of it).
     pub environment: Environment,
@@ -182,6 +189,10 @@ impl Settings {
         let worker_start_timeout =
             timeout("worker_start_timeout", &file.worker_start_timeout, 120)?;
         let shutdown_grace = timeout("shutdown_grace", &file.shutdown_grace, 10)?;
+        let (pool, health_listen) = (
+            pool::resolve_pool(&file, env)?,
+            pool::resolve_health(&file)?,
+        );
         Ok(Settings {
             listen: net.listen,
             julia,
@@ -202,6 +213,8 @@ impl Settings {
             compat_socket: cli.socket.clone(),
             runtime_dir: net.runtime_dir,
             status_listen: net.status_listen,
+            health_listen,
+            pool,
             supervision,
             environment: env.clone(),
             warnings,

@@ -74,6 +74,14 @@ fn keep_restart_only(r: &Settings, n: &mut Settings) -> Vec<String> {
         &mut n.status_listen,
         |a| optional(a.as_ref().map(ListenAddr::to_string).as_ref()),
     );
+    c.keep(
+        "health_listen",
+        &r.health_listen,
+        &mut n.health_listen,
+        |a| optional(a.as_ref().map(ListenAddr::to_string).as_ref()),
+    );
+    // The journal field and the metrics' label are set when logging starts.
+    c.keep("pool", &r.pool, &mut n.pool, |p| optional(p.as_ref()));
     c.keep("log_level", &r.log_level, &mut n.log_level, |l| {
         optional(l.as_ref())
     });

@@ -100,10 +100,11 @@ pub fn table(status: &Value) -> String {
         other => other.to_string(),
     };
     let mut out = format!(
-        "pool {}  ({} process manager, up {} s, cgroups {})\n\
+        "pool {} on {}  ({} process manager, up {} s, cgroups {})\n\
          workers: {} total, {} idle, {} busy (most busy at once: {})\n\
          requests: {} accepted, {} slow; listen queue {} of {} (max seen {})\n",
         field("pool"),
+        field("listen"),
         field("process manager"),
         field("start since"),
         field("cgroups"),

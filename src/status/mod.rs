@@ -3,10 +3,17 @@
 //!
 //! It speaks FastCGI (nginx maps e.g. `/julia-fcgi-status` to it) and plain
 //! HTTP GET (curl, `julia-fcgi status`, a load balancer's health check).
-//! Paths ending in `ping` answer `pong`; anything else is the status, as
+//! Paths ending in `ping` answer `pong`, paths ending in `ready` the pool's
+//! readiness ([`health`]: 200 or 503); anything else is the status, as
 //! text, `?json`, `?openmetrics`, each with `&full` for the workers.
+//!
+//! The health listener (`health_listen`, which may be on a private
+//! interface) answers `ping` and `ready` only: the status page shows every
+//! request's URI with its query string, so it stays on the status socket
+//! (a unix socket or the loopback).
 
 pub mod client;
+pub mod health;
 pub mod report;
 pub mod stats;
 
@@ -17,17 +24,57 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::config::PoolName;
 use crate::fastcgi::{self, EndRequest, Header, ProtocolStatus, RecordType};
+use crate::listen::StatusSocket;
+use health::Readiness;
 pub use report::Report;
+
+/// What every status connection answers from.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The latest report the pool published.
+    pub reports: watch::Receiver<Arc<Report>>,
+    /// The pool's own stop signal: true from the moment a stop begins,
+    /// while the workers still drain (the pool publishes no report then).
+    pub stopping: watch::Receiver<bool>,
+    /// The pool's name, for the status page and the metrics' label.
+    pub pool: Option<PoolName>,
+}
+
+/// What a listener answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything: the status page, ping, ready.
+    Status,
+    /// `ping` and `ready` only (the health listener).
+    Health,
+}
+
+/// Serves the status socket and, when there is one, the health listener,
+/// each in a task of its own; says in the log where.
+pub fn spawn(socket: &StatusSocket, served: Served) -> std::io::Result<()> {
+    tracing::info!("status page and ping on {}", socket.description());
+    let fd = socket.fd().try_clone_to_owned()?;
+    tokio::spawn(serve_scope(fd, served.clone(), Scope::Status));
+    if let Some(health) = socket.health() {
+        tracing::info!(
+            "health checks (GET /ping, GET /ready) on {}",
+            health.description
+        );
+        let fd = health.fd.try_clone()?;
+        tokio::spawn(serve_scope(fd, served, Scope::Health));
+    }
+    Ok(())
+}
 
 /// The longest a status client may take to ask.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most params a FastCGI request for the status page may send.
 const MAX_PARAMS: usize = 1 << 20;
 
-/// Serves the status on `listener` (a listening socket, unix or TCP) from the
-/// latest report the pool published.
-pub async fn serve(listener: OwnedFd, reports: watch::Receiver<Arc<Report>>) {
+/// Serves `scope` on `listener` (a listening socket, unix or TCP).
+pub async fn serve_scope(listener: OwnedFd, served: Served, scope: Scope) {
     let std_listener = std::os::unix::net::UnixListener::from(listener);
     if let Err(e) = std_listener.set_nonblocking(true) {
         tracing::error!("status socket unusable: {e}");
@@ -40,9 +87,11 @@ pub async fn serve(listener: OwnedFd, reports: watch::Receiver<Arc<Report>>) {
     .map(|a| a.as_unix_addr().is_some())
     .unwrap_or(true);
     let result = if is_unix {
-        tokio::net::UnixListener::from_std(fd.into()).map(|l| tokio::spawn(accept_loop(l, reports)))
+        tokio::net::UnixListener::from_std(fd.into())
+            .map(|l| tokio::spawn(accept_loop(l, served, scope)))
     } else {
-        tokio::net::TcpListener::from_std(fd.into()).map(|l| tokio::spawn(accept_loop(l, reports)))
+        tokio::net::TcpListener::from_std(fd.into())
+            .map(|l| tokio::spawn(accept_loop(l, served, scope)))
     };
     if let Err(e) = result {
         tracing::error!("status socket unusable: {e}");
@@ -70,10 +119,10 @@ impl Accept for tokio::net::TcpListener {
     }
 }
 
-async fn accept_loop<L: Accept>(listener: L, reports: watch::Receiver<Arc<Report>>) {
+async fn accept_loop<L: Accept>(listener: L, served: Served, scope: Scope) {
     loop {
         match listener.accept_one().await {
-            Ok(stream) => spawn_answer(stream, reports.clone()),
+            Ok(stream) => spawn_answer(stream, served.clone(), scope),
             Err(e) => accept_failed(e).await,
         }
     }
@@ -85,18 +134,18 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-fn spawn_answer<S>(stream: S, reports: watch::Receiver<Arc<Report>>)
+fn spawn_answer<S>(stream: S, served: Served, scope: Scope)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
-        if let Err(e) = tokio::time::timeout(CLIENT_TIMEOUT, answer(stream, reports)).await {
+        if let Err(e) = tokio::time::timeout(CLIENT_TIMEOUT, answer(stream, &served, scope)).await {
             tracing::debug!("status client too slow: {e}");
         }
     });
 }
 
-async fn answer<S>(mut stream: S, reports: watch::Receiver<Arc<Report>>)
+async fn answer<S>(mut stream: S, served: &Served, scope: Scope)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -106,40 +155,84 @@ where
     }
     // A FastCGI record starts with its version; an HTTP request with a letter.
     let result = if first[0] == fastcgi::VERSION {
-        fastcgi(&mut stream, &reports).await
+        fastcgi(&mut stream, served, scope).await
     } else {
-        http(&mut stream, first[0], &reports).await
+        http(&mut stream, first[0], served, scope).await
     };
     if let Err(e) = result {
         tracing::debug!("status client: {e}");
     }
 }
 
-/// The page for `path` and `query`: (content type, body).
-fn page(path: &str, query: &str, reports: &watch::Receiver<Arc<Report>>) -> (&'static str, String) {
+/// One answer of the status server, whichever protocol asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// "200 OK", "503 Service Unavailable", …
+    pub status: &'static str,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Page {
+    fn ok(content_type: &'static str, body: String) -> Page {
+        Page {
+            status: "200 OK",
+            content_type,
+            body,
+        }
+    }
+
+    fn text(status: &'static str, body: impl Into<String>) -> Page {
+        Page {
+            status,
+            content_type: "text/plain",
+            body: body.into(),
+        }
+    }
+}
+
+/// The page for `path` and `query` in `scope`.
+pub fn page(path: &str, query: &str, served: &Served, scope: Scope) -> Page {
     // /ping, /fpm-ping, /julia-fcgi-ping: whatever the web server maps.
     if path.ends_with("ping") {
-        return ("text/plain", "pong\n".into());
+        return Page::ok("text/plain", "pong\n".into());
+    }
+    if path.ends_with("ready") {
+        let readiness = Readiness::of(&served.reports.borrow(), *served.stopping.borrow());
+        let status = if readiness.is_ready() {
+            "200 OK"
+        } else {
+            "503 Service Unavailable"
+        };
+        return Page::text(status, readiness.text());
+    }
+    if scope == Scope::Health {
+        return Page::text(
+            "404 Not Found",
+            format!(
+                "{path}: this is julia-fcgi's health listener (health_listen), which answers \
+                 GET /ping and GET /ready only; the status page is on status_listen (a unix \
+                 socket or the loopback), or `julia-fcgi status` on the host\n"
+            ),
+        );
     }
     let has = |word: &str| query.split('&').any(|q| q == word);
-    let report = Report::clone(&reports.borrow()).finish(has("full"));
+    let report = Report::clone(&served.reports.borrow())
+        .finish(has("full"))
+        .named(served.pool.as_ref());
     if has("json") {
-        ("application/json", report.json())
+        Page::ok("application/json", report.json())
     } else if has("openmetrics") {
-        (
+        Page::ok(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             report.openmetrics(),
         )
     } else {
-        ("text/plain", report.text())
+        Page::ok("text/plain", report.text())
     }
 }
 
-async fn http<S>(
-    stream: &mut S,
-    first: u8,
-    reports: &watch::Receiver<Arc<Report>>,
-) -> std::io::Result<()>
+async fn http<S>(stream: &mut S, first: u8, served: &Served, scope: Scope) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -155,29 +248,26 @@ where
     let head = String::from_utf8_lossy(&head);
     let mut words = head.split_whitespace();
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or("/"));
-    let (status, content_type, body) = if method != "GET" && method != "HEAD" {
-        (
-            "405 Method Not Allowed",
-            "text/plain",
-            "only GET\n".to_owned(),
-        )
+    let page = if method != "GET" && method != "HEAD" {
+        Page::text("405 Method Not Allowed", "only GET\n")
     } else {
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let (content_type, body) = page(path, query, reports);
-        ("200 OK", content_type, body)
+        page(path, query, served, scope)
     };
     let response = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+        "HTTP/1.0 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
          Cache-Control: no-store\r\nConnection: close\r\n\r\n{}",
-        body.len(),
-        if method == "HEAD" { "" } else { &body }
+        page.status,
+        page.content_type,
+        page.body.len(),
+        if method == "HEAD" { "" } else { &page.body }
     );
     stream.write_all(response.as_bytes()).await
 }
 
 /// A minimal FastCGI responder: one request per connection, params read to
 /// their end, the body ignored.
-async fn fastcgi<S>(stream: &mut S, reports: &watch::Receiver<Arc<Report>>) -> std::io::Result<()>
+async fn fastcgi<S>(stream: &mut S, served: &Served, scope: Scope) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -205,8 +295,15 @@ where
         .find(|p| !p.is_empty())
         .unwrap_or("/");
     let path = path.split('?').next().unwrap_or(path);
-    let (content_type, body) = page(path, get("QUERY_STRING"), reports);
-    let payload = format!("Content-Type: {content_type}\r\nCache-Control: no-store\r\n\r\n{body}");
+    let page = page(path, get("QUERY_STRING"), served, scope);
+    let status = match page.status {
+        "200 OK" => String::new(),
+        other => format!("Status: {other}\r\n"),
+    };
+    let payload = format!(
+        "{status}Content-Type: {}\r\nCache-Control: no-store\r\n\r\n{}",
+        page.content_type, page.body
+    );
     let mut out = Vec::new();
     fastcgi::push_stream(
         &mut out,

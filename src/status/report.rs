@@ -2,6 +2,7 @@
 //! layout), JSON (PHP-FPM's field names) and OpenMetrics (for Prometheus,
 //! through the `prometheus-client` crate).
 
+use std::borrow::Cow;
 use std::fmt::Write;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -55,7 +56,10 @@ pub struct WorkerReport {
 /// The pool, as PHP-FPM's status page names things where they mean the same.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The pool's name; a pool without one is called by what it serves on.
     pub pool: String,
+    /// What it serves on ("unix:/run/julia-fcgi/blog.sock", "10.0.0.5:4545").
+    pub listen: String,
     #[serde(rename = "process manager")]
     pub process_manager: &'static str,
     #[serde(rename = "start time")]
@@ -89,12 +93,16 @@ pub struct Report {
     pub processes: Option<Vec<WorkerReport>>,
     #[serde(skip)]
     pub started_at: Option<SystemTime>,
+    /// The pool's name when it has one: the `pool` label of every metric.
+    #[serde(skip)]
+    pub name: Option<String>,
 }
 
 impl Default for Report {
     fn default() -> Self {
         Report {
             pool: String::new(),
+            listen: String::new(),
             process_manager: "static",
             start_time: 0,
             start_since: 0,
@@ -112,6 +120,7 @@ impl Default for Report {
             cgroups: String::new(),
             processes: Some(Vec::new()),
             started_at: None,
+            name: None,
         }
     }
 }
@@ -142,12 +151,22 @@ impl Report {
         self
     }
 
+    /// The report of the pool called `name` (none: called by its address).
+    pub fn named(mut self, name: Option<&crate::config::PoolName>) -> Report {
+        if let Some(name) = name {
+            self.pool = name.to_string();
+            self.name = Some(name.to_string());
+        }
+        self
+    }
+
     pub fn text(&self) -> String {
         let mut out = String::new();
         let mut line = |k: &str, v: &dyn std::fmt::Display| {
             let _ = writeln!(out, "{:<21}{v}", format!("{k}:"));
         };
         line("pool", &self.pool);
+        line("listen", &self.listen);
         line("process manager", &self.process_manager);
         line("start time", &self.start_time);
         line("start since", &self.start_since);
@@ -197,9 +216,14 @@ impl Report {
         serde_json::to_string(self).expect("a report always serializes")
     }
 
-    /// The Prometheus / OpenMetrics exposition.
+    /// The Prometheus / OpenMetrics exposition; a named pool's samples all
+    /// carry its `pool` label, so one scrape job tells the pools apart.
     pub fn openmetrics(&self) -> String {
-        let mut registry = Registry::with_prefix("julia_fcgi");
+        let labels = self
+            .name
+            .iter()
+            .map(|name| (Cow::Borrowed("pool"), Cow::Owned(name.clone())));
+        let mut registry = Registry::with_prefix_and_labels("julia_fcgi", labels);
         for (name, help, value) in self.metrics() {
             match value {
                 Metric::Counter(n) => {
@@ -343,5 +367,47 @@ mod tests {
             from += at + line.len();
         }
         assert_eq!(text.matches("# HELP").count(), 12, "{text}");
+        assert!(
+            !text.contains("pool="),
+            "an unnamed pool has no label: {text}"
+        );
+    }
+
+    #[test]
+    fn a_named_pool_labels_every_sample_and_says_its_name() {
+        let name = crate::config::PoolName::parse("blog").unwrap();
+        let report = Report {
+            pool: "unix:/run/julia-fcgi/blog.sock".into(),
+            listen: "unix:/run/julia-fcgi/blog.sock".into(),
+            accepted_conn: 3,
+            ..Report::default()
+        }
+        .named(Some(&name));
+        let text = report.openmetrics();
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .collect();
+        assert_eq!(samples.len(), 11 + 5, "{text}");
+        for sample in &samples {
+            assert!(sample.contains("pool=\"blog\""), "{sample}");
+        }
+        assert!(
+            text.contains("julia_fcgi_worker_restarts_total{pool=\"blog\",cause=\"crash\"} 0")
+                || text
+                    .contains("julia_fcgi_worker_restarts_total{cause=\"crash\",pool=\"blog\"} 0"),
+            "{text}"
+        );
+        assert!(
+            report.text().starts_with("pool:                blog\n"),
+            "{}",
+            report.text()
+        );
+        assert!(report
+            .text()
+            .contains("listen:              unix:/run/julia-fcgi/blog.sock\n"));
+        let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
+        assert_eq!(json["pool"], "blog");
+        assert_eq!(json["listen"], "unix:/run/julia-fcgi/blog.sock");
     }
 }

@@ -119,6 +119,7 @@ impl Stats {
         self.max_listen_queue = self.max_listen_queue.max(queue.waiting);
         let mut report = Report {
             pool: shape.pool.to_owned(),
+            listen: shape.pool.to_owned(),
             process_manager: shape.process_manager,
             listen_queue: queue.waiting,
             max_listen_queue: self.max_listen_queue,

@@ -1,0 +1,180 @@
+//! The pool's name and its health listener: what tells one pool from the
+//! others on a host (`julia-fcgi@NAME`), and what a load balancer asks
+//! from another.
+
+use super::environment::Environment;
+use super::file::FileConfig;
+use super::values::ListenAddr;
+use super::{invalid, ConfigError};
+
+/// The variable the template unit `julia-fcgi@.service` sets to its
+/// instance name (`Environment=JULIA_FCGI_POOL=%i`): the default `pool`.
+pub const POOL_VAR: &str = "JULIA_FCGI_POOL";
+
+/// The longest pool name: it goes into file names, journal fields and
+/// metric labels, and a person types it.
+const MAX_LEN: usize = 64;
+
+/// A pool's name, checked: 1 to 64 ASCII letters, digits, `_`, `-` or `.`,
+/// not starting with `-` or `.`. So it is safe as a file name
+/// (`/etc/julia-fcgi/pools/NAME.toml`, `/run/julia-fcgi/NAME.sock`), a
+/// journal field value (`POOL=NAME`) and an OpenMetrics label value as it
+/// is, and `systemctl start julia-fcgi@NAME` needs no escaping.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PoolName(String);
+
+impl PoolName {
+    /// `text` as a pool name, or why it is not one.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let why = if text.is_empty() {
+            Some("empty")
+        } else if text.len() > MAX_LEN {
+            Some("longer than 64 characters")
+        } else if text.starts_with(['-', '.']) {
+            Some("starts with '-' or '.'")
+        } else if !text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            Some("has a character other than a letter, a digit, '_', '-' or '.'")
+        } else {
+            None
+        };
+        match why {
+            None => Ok(PoolName(text.to_owned())),
+            Some(why) => Err(format!(
+                "{text:?} {why}: a pool name is 1-64 ASCII letters, digits, '_', '-' or '.', \
+                 not starting with '-' or '.' (it names /etc/julia-fcgi/pools/NAME.toml and \
+                 /run/julia-fcgi/NAME.sock)"
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for PoolName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `pool` in the file, else the template unit's instance name
+/// ([`POOL_VAR`]), else none: a plain `julia-fcgi.service` has no name.
+pub(super) fn resolve_pool(
+    file: &FileConfig,
+    env: &Environment,
+) -> Result<Option<PoolName>, ConfigError> {
+    if let Some(text) = file.pool.as_deref() {
+        return PoolName::parse(text)
+            .map(Some)
+            .map_err(|e| invalid("pool", e));
+    }
+    match env.var(POOL_VAR) {
+        None => Ok(None),
+        Some(value) => {
+            let text = value.to_str().unwrap_or("\u{fffd}");
+            PoolName::parse(text)
+                .map(Some)
+                .map_err(|e| invalid("pool", format!("from ${POOL_VAR}: {e}")))
+        }
+    }
+}
+
+/// `health_listen`: where a load balancer or a probe asks `GET /ping` and
+/// `GET /ready` over plain HTTP. Any address, private interfaces included,
+/// because that listener answers those two paths and nothing else: whether
+/// the pool is up and whether it has a warm worker. The status page (every
+/// request's URI with its query string) stays on `status_listen`, a unix
+/// socket or the loopback.
+pub(super) fn resolve_health(file: &FileConfig) -> Result<Option<ListenAddr>, ConfigError> {
+    let Some(text) = file.health_listen.as_deref() else {
+        return Ok(None);
+    };
+    ListenAddr::parse(text).map(Some).map_err(|e| match e {
+        ConfigError::Invalid { message, .. } => invalid("health_listen", message),
+        other => other,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::unistd::Uid;
+
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Environment {
+        Environment::from_vars(Uid::from_raw(1000), vars.iter().copied())
+    }
+
+    fn file(toml: &str) -> FileConfig {
+        toml::from_str(toml).unwrap()
+    }
+
+    #[test]
+    fn names_that_are_file_names_journal_values_and_labels() {
+        for good in ["blog", "shop-2", "a.b_c", "X", &"n".repeat(64)] {
+            assert_eq!(PoolName::parse(good).unwrap().as_str(), good);
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            (&"n".repeat(65) as &str, "longer than 64"),
+            ("-x", "starts with"),
+            (".hidden", "starts with"),
+            ("a/b", "a character other"),
+            ("a b", "a character other"),
+            ("blog\"", "a character other"),
+            ("café", "a character other"),
+        ] {
+            let e = PoolName::parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+            assert!(e.contains("/etc/julia-fcgi/pools/NAME.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_file_wins_over_the_instance_name_and_none_is_none() {
+        let blog = env(&[(POOL_VAR, "blog")]);
+        assert_eq!(resolve_pool(&file(""), &env(&[])).unwrap(), None);
+        assert_eq!(
+            resolve_pool(&file(""), &blog).unwrap().unwrap().as_str(),
+            "blog"
+        );
+        let named = file("pool = \"shop\"");
+        assert_eq!(
+            resolve_pool(&named, &blog).unwrap().unwrap().as_str(),
+            "shop"
+        );
+        let e = resolve_pool(&file("pool = \"a/b\""), &blog).unwrap_err();
+        assert!(
+            e.to_string().starts_with("invalid value for pool: \"a/b\""),
+            "{e}"
+        );
+        let e = resolve_pool(&file(""), &env(&[(POOL_VAR, "x y")])).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("invalid value for pool: from $JULIA_FCGI_POOL: \"x y\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_health_listener_may_be_any_address() {
+        assert_eq!(resolve_health(&file("")).unwrap(), None);
+        for addr in ["10.0.0.5:9001", "0.0.0.0:9001", "127.0.0.2:9001"] {
+            let toml = format!("health_listen = {addr:?}");
+            match resolve_health(&file(&toml)).unwrap() {
+                Some(ListenAddr::Tcp { addr: a, .. }) => assert_eq!(a.to_string(), addr),
+                other => panic!("{addr}: {other:?}"),
+            }
+        }
+        let e = resolve_health(&file("health_listen = \"9001\"")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("invalid value for health_listen: \"9001\""),
+            "{e}"
+        );
+    }
+}
