@@ -98,13 +98,14 @@ install: build
 	$(INSTALL) -d $(DESTDIR)$(pkgdatadir)/build
 	$(INSTALL) -m 0644 julia/build/*.jl $(DESTDIR)$(pkgdatadir)/build/
 	$(INSTALL) -d $(DESTDIR)$(systemdsystemunitdir)
-	for unit in julia-fcgi.socket julia-fcgi.service; do \
+	for unit in julia-fcgi.socket julia-fcgi.service julia-fcgi@.socket julia-fcgi@.service; do \
 		$(SED) $(UNIT_PATHS) systemd/$$unit > $(DESTDIR)$(systemdsystemunitdir)/$$unit && \
 		chmod 0644 $(DESTDIR)$(systemdsystemunitdir)/$$unit || exit 1; \
 	done
 	$(INSTALL) -D -m 0644 packaging/sysusers.d/julia-fcgi.conf $(DESTDIR)$(sysusersdir)/julia-fcgi.conf
 	$(INSTALL) -D -m 0644 packaging/tmpfiles.d/julia-fcgi.conf $(DESTDIR)$(tmpfilesdir)/julia-fcgi.conf
 	$(INSTALL) -D -m 0644 packaging/julia-fcgi.toml $(DESTDIR)$(sysconfdir)/julia-fcgi/julia-fcgi.toml
+	$(INSTALL) -D -m 0644 packaging/pools/example.toml $(DESTDIR)$(docdir)/pools/example.toml
 	$(INSTALL) -D -m 0644 packaging/nginx/julia-fcgi.conf $(DESTDIR)$(nginxsnippetdir)/julia-fcgi.conf
 	$(INSTALL) -d $(DESTDIR)$(mandir)/man8
 	for page in $(GENERATED)/man/*.8; do \
@@ -124,6 +125,8 @@ uninstall:
 	rm -f $(DESTDIR)$(sbindir)/julia-fcgi \
 		$(DESTDIR)$(systemdsystemunitdir)/julia-fcgi.socket \
 		$(DESTDIR)$(systemdsystemunitdir)/julia-fcgi.service \
+		$(DESTDIR)$(systemdsystemunitdir)/julia-fcgi@.socket \
+		$(DESTDIR)$(systemdsystemunitdir)/julia-fcgi@.service \
 		$(DESTDIR)$(sysusersdir)/julia-fcgi.conf \
 		$(DESTDIR)$(tmpfilesdir)/julia-fcgi.conf \
 		$(DESTDIR)$(mandir)/man8/julia-fcgi.8.gz \

@@ -198,6 +198,15 @@ pub struct StatusArgs {
     /// else status.sock in the runtime directory]
     #[arg(long = "status-socket", value_name = "ADDR")]
     pub socket: Option<String>,
+    /// Ask pool NAME, the instance julia-fcgi@NAME: its status socket is
+    /// NAME/status.sock in the pools' runtime directory (--runtime-dir, else
+    /// /run/julia-fcgi)
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["socket", "all"])]
+    pub pool: Option<String>,
+    /// Ask every pool whose status socket is in the pools' runtime directory
+    /// (--runtime-dir, else /run/julia-fcgi), one after the other
+    #[arg(long, conflicts_with_all = ["socket", "watch"])]
+    pub all: bool,
     /// Print help
     // The top level turns clap's help flag off (-h is HOME there), and that
     // setting is inherited; here -h means nothing else.

@@ -96,8 +96,36 @@ fn usage_error(message: impl std::fmt::Display) -> ! {
         .exit()
 }
 
-/// `julia-fcgi status`: ask a running instance, print what it says.
+/// `julia-fcgi status`: ask a running instance (or pool, or every pool),
+/// print what it says.
 fn status_command(cli: &Cli, args: &StatusArgs, env: &Environment) -> ExitCode {
+    let show = status::client::Show {
+        json: args.json,
+        watch: args.watch,
+    };
+    if args.all {
+        let dir = config::pools_dir(cli, env);
+        return match config::pools_in(&dir) {
+            Ok(pools) if !pools.is_empty() => status::client::run_all(&pools, args.json),
+            Ok(_) => {
+                eprintln!(
+                    "julia-fcgi status: no pool's status socket in {} (NAME/status.sock); \
+                     is any julia-fcgi@NAME running (systemctl list-units 'julia-fcgi@*')? \
+                     Another directory with --runtime-dir DIR",
+                    dir.display()
+                );
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!(
+                    "julia-fcgi status: cannot list the pools in {}: {e}; \
+                     another directory with --runtime-dir DIR",
+                    dir.display()
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
     let addr = match config::status_target(cli, args, env) {
         Ok(addr) => addr,
         Err(e) => {
@@ -112,11 +140,11 @@ fn status_command(cli: &Cli, args: &StatusArgs, env: &Environment) -> ExitCode {
             .exit()
         }
     };
-    let show = status::client::Show {
-        json: args.json,
-        watch: args.watch,
+    let unit = match &args.pool {
+        Some(name) => format!("julia-fcgi@{name}"),
+        None => "julia-fcgi".to_owned(),
     };
-    status::client::run(&addr, show)
+    status::client::run(&addr, &unit, show)
 }
 
 /// `julia-fcgi sysimage build|status`, for the pool the flags and the

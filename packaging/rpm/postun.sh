@@ -5,6 +5,8 @@
 systemctl daemon-reload >/dev/null 2>&1 || :
 if [ "$1" -ge 1 ]; then
     systemctl try-restart julia-fcgi.service >/dev/null 2>&1 || :
+    # Every pool that runs (julia-fcgi@NAME), its socket staying open.
+    systemctl try-restart 'julia-fcgi@*.service' >/dev/null 2>&1 || :
 fi
 if [ "$1" -eq 0 ]; then
     # Erased: the pool sysimage goes with it (it is rebuilt on installation).

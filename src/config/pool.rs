@@ -11,6 +11,10 @@ use super::{invalid, ConfigError};
 /// instance name (`Environment=JULIA_FCGI_POOL=%i`): the default `pool`.
 pub const POOL_VAR: &str = "JULIA_FCGI_POOL";
 
+/// Names whose files in /run/julia-fcgi are the plain julia-fcgi.service's
+/// (its socket, status socket, scoreboard and lock).
+const RESERVED: &[&str] = &["julia-fcgi", "status", "scoreboard", "julia-fcgi.lock"];
+
 /// The longest pool name: it goes into file names, journal fields and
 /// metric labels, and a person types it.
 const MAX_LEN: usize = 64;
@@ -26,6 +30,13 @@ pub struct PoolName(String);
 impl PoolName {
     /// `text` as a pool name, or why it is not one.
     pub fn parse(text: &str) -> Result<Self, String> {
+        if RESERVED.contains(&text) {
+            return Err(format!(
+                "{text:?} is taken: /run/julia-fcgi/{text}.sock or /run/julia-fcgi/{text} \
+                 belong to the plain julia-fcgi.service (its socket, status socket, scoreboard \
+                 and lock); choose another name"
+            ));
+        }
         let why = if text.is_empty() {
             Some("empty")
         } else if text.len() > MAX_LEN {
@@ -131,6 +142,13 @@ mod tests {
             let e = PoolName::parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad:?}: {e}");
             assert!(e.contains("/etc/julia-fcgi/pools/NAME.toml"), "{e}");
+        }
+        for taken in ["status", "julia-fcgi", "scoreboard", "julia-fcgi.lock"] {
+            let e = PoolName::parse(taken).unwrap_err();
+            assert!(
+                e.contains("is taken") && e.contains("choose another name"),
+                "{e}"
+            );
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::ListenAddr;
+use crate::config::{ListenAddr, PoolName};
 
 /// How `julia-fcgi status` shows what it fetched.
 #[derive(Debug, Clone, Copy, Default)]
@@ -21,10 +21,11 @@ pub struct Show {
 }
 
 /// `julia-fcgi status`: asks the instance at `addr` and prints what it says
-/// (every second with `watch`, until it fails).
-pub fn run(addr: &ListenAddr, show: Show) -> ExitCode {
+/// (every second with `watch`, until it fails). `unit` is the systemd unit
+/// to look at when nobody answers.
+pub fn run(addr: &ListenAddr, unit: &str, show: Show) -> ExitCode {
     loop {
-        match fetch(addr) {
+        match fetch_from(addr, unit) {
             Ok(report) => {
                 if show.watch {
                     // Clear the screen and go home, like watch(1).
@@ -48,13 +49,45 @@ pub fn run(addr: &ListenAddr, show: Show) -> ExitCode {
     }
 }
 
+/// `julia-fcgi status --all`: asks every pool in `pools`, one after the
+/// other, and prints each (`json`: one JSON array). A pool that does not
+/// answer is said on stderr and makes the exit status 1; the others are
+/// printed all the same.
+pub fn run_all(pools: &[(PoolName, ListenAddr)], json: bool) -> ExitCode {
+    let mut failed = false;
+    let mut reports = Vec::new();
+    for (name, addr) in pools {
+        match fetch_from(addr, &format!("julia-fcgi@{name}")) {
+            Ok(report) if json => reports.push(report),
+            Ok(report) => println!("{}", table(&report)),
+            Err(e) => {
+                eprintln!("julia-fcgi status: pool {name}: {e}");
+                failed = true;
+            }
+        }
+    }
+    if json {
+        println!("{}", Value::Array(reports));
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 /// Fetches `/status?json&full` from the status socket at `addr` over plain
 /// HTTP.
 pub fn fetch(addr: &ListenAddr) -> Result<Value, String> {
+    fetch_from(addr, "julia-fcgi")
+}
+
+/// [`fetch`], naming `unit` in the advice when nobody answers.
+pub fn fetch_from(addr: &ListenAddr, unit: &str) -> Result<Value, String> {
     let response = exchange(addr, b"GET /status?json&full HTTP/1.0\r\n\r\n").map_err(|e| {
         format!(
             "cannot reach julia-fcgi's status socket at {addr}: {e}\n\
-             Is julia-fcgi running (systemctl status julia-fcgi)? Point at its status socket \
+             Is julia-fcgi running (systemctl status {unit})? Point at its status socket \
              with --status-listen ADDR, or -c FILE for the status_listen of its config."
         )
     })?;
