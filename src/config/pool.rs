@@ -12,18 +12,19 @@ use super::{invalid, ConfigError};
 pub const POOL_VAR: &str = "JULIA_FCGI_POOL";
 
 /// Names whose files in /run/julia-fcgi are the plain julia-fcgi.service's
-/// (its socket, status socket, scoreboard and lock).
-const RESERVED: &[&str] = &["julia-fcgi", "status", "scoreboard", "julia-fcgi.lock"];
+/// (its socket, status socket and scoreboard; its lock has a '.').
+const RESERVED: &[&str] = &["julia-fcgi", "status", "scoreboard"];
 
-/// The longest pool name: it goes into file names, journal fields and
-/// metric labels, and a person types it.
-const MAX_LEN: usize = 64;
+/// The longest pool name: `julia-fcgi@NAME.service` runs as the user
+/// `julia-fcgi-NAME`, and a user name has at most 31 characters.
+const MAX_LEN: usize = 20;
 
-/// A pool's name, checked: 1 to 64 ASCII letters, digits, `_`, `-` or `.`,
-/// not starting with `-` or `.`. So it is safe as a file name
+/// A pool's name, checked: 1 to 20 ASCII letters, digits, `_` or `-`, not
+/// starting with `-`. So it is safe as a file name
 /// (`/etc/julia-fcgi/pools/NAME.toml`, `/run/julia-fcgi/NAME.sock`), a
-/// journal field value (`POOL=NAME`) and an OpenMetrics label value as it
-/// is, and `systemctl start julia-fcgi@NAME` needs no escaping.
+/// journal field value (`POOL=NAME`), an OpenMetrics label value and part
+/// of a user name (`julia-fcgi-NAME`) as it is, and `systemctl start
+/// julia-fcgi@NAME` needs no escaping.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PoolName(String);
 
@@ -33,30 +34,30 @@ impl PoolName {
         if RESERVED.contains(&text) {
             return Err(format!(
                 "{text:?} is taken: /run/julia-fcgi/{text}.sock or /run/julia-fcgi/{text} \
-                 belong to the plain julia-fcgi.service (its socket, status socket, scoreboard \
-                 and lock); choose another name"
+                 belong to the plain julia-fcgi.service (its socket, status socket and \
+                 scoreboard); choose another name"
             ));
         }
         let why = if text.is_empty() {
             Some("empty")
         } else if text.len() > MAX_LEN {
-            Some("longer than 64 characters")
-        } else if text.starts_with(['-', '.']) {
-            Some("starts with '-' or '.'")
+            Some("longer than 20 characters")
+        } else if text.starts_with('-') {
+            Some("starts with '-'")
         } else if !text
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
         {
-            Some("has a character other than a letter, a digit, '_', '-' or '.'")
+            Some("has a character other than a letter, a digit, '_' or '-'")
         } else {
             None
         };
         match why {
             None => Ok(PoolName(text.to_owned())),
             Some(why) => Err(format!(
-                "{text:?} {why}: a pool name is 1-64 ASCII letters, digits, '_', '-' or '.', \
-                 not starting with '-' or '.' (it names /etc/julia-fcgi/pools/NAME.toml and \
-                 /run/julia-fcgi/NAME.sock)"
+                "{text:?} {why}: a pool name is 1-20 ASCII letters, digits, '_' or '-', \
+                 not starting with '-' (it names /etc/julia-fcgi/pools/NAME.toml, \
+                 /run/julia-fcgi/NAME.sock and the user julia-fcgi-NAME)"
             )),
         }
     }
@@ -126,14 +127,15 @@ mod tests {
 
     #[test]
     fn names_that_are_file_names_journal_values_and_labels() {
-        for good in ["blog", "shop-2", "a.b_c", "X", &"n".repeat(64)] {
+        for good in ["blog", "shop-2", "a_b-c", "X", "_x", &"n".repeat(20)] {
             assert_eq!(PoolName::parse(good).unwrap().as_str(), good);
         }
         for (bad, why) in [
             ("", "empty"),
-            (&"n".repeat(65) as &str, "longer than 64"),
+            (&"n".repeat(21) as &str, "longer than 20"),
             ("-x", "starts with"),
-            (".hidden", "starts with"),
+            (".hidden", "a character other"),
+            ("a.b", "a character other"),
             ("a/b", "a character other"),
             ("a b", "a character other"),
             ("blog\"", "a character other"),
@@ -143,7 +145,7 @@ mod tests {
             assert!(e.contains(why), "{bad:?}: {e}");
             assert!(e.contains("/etc/julia-fcgi/pools/NAME.toml"), "{e}");
         }
-        for taken in ["status", "julia-fcgi", "scoreboard", "julia-fcgi.lock"] {
+        for taken in ["status", "julia-fcgi", "scoreboard"] {
             let e = PoolName::parse(taken).unwrap_err();
             assert!(
                 e.contains("is taken") && e.contains("choose another name"),
