@@ -1,6 +1,7 @@
-//! The pool sysimage, built for real (once for this file, ~5 min on a busy
-//! 2-core machine): a copy of the worker with the example project's local
-//! package `Greeting` compiled in. Then: the real master serves pages from
+//! The pool sysimage, built for real (once for all of this file's test
+//! processes, ~3-5 min on a busy 2-core machine, then kept in
+//! target/test-sysimage while its sources are unchanged): a copy of the
+//! worker with the example project's local package `Greeting` compiled in. Then: the real master serves pages from
 //! it; the worker's own test suite runs against the image's modules; a
 //! stale image is refused with a reason; a project page finds its package
 //! in the image without precompiling anything.
@@ -21,9 +22,13 @@ use common::fcgi::{self, Request};
 use common::Daemon;
 use julia_fcgi::sysimage::{self, BuildOptions, Image, Inputs};
 
-/// Everything the build made, in one temporary directory.
+/// The image and what it was built from. Built once for every test process
+/// (nextest runs each test in a process of its own; a build takes minutes)
+/// and kept in `target/test-sysimage/` between runs for as long as the
+/// worker and the example project are unchanged.
 struct Fixture {
-    _dir: tempfile::TempDir,
+    /// Per-process scratch space (twins of the image).
+    scratch: tempfile::TempDir,
     root: PathBuf,
     /// The worker's copy the image was built from.
     worker_file: PathBuf,
@@ -37,25 +42,58 @@ struct Fixture {
     image_ready: Duration,
 }
 
+/// What the fixture copies from the repository: (from, to under the root).
+fn sources() -> Vec<(PathBuf, &'static str)> {
+    let repo = common::repo();
+    vec![
+        (repo.join("julia/worker.jl"), "julia/worker.jl"),
+        (repo.join("julia/src"), "julia/src"),
+        (repo.join("julia/build"), "julia/build"),
+        (repo.join("julia/test"), "julia/test"),
+        // The worker's tests serve the example pages next to it.
+        (common::examples(), "examples"),
+        (common::examples().join("project"), "project"),
+    ]
+}
+
+/// The same files with the same contents (a file or a tree).
+fn same_tree(a: &Path, b: &Path) -> bool {
+    if a.is_file() {
+        return std::fs::read(a).ok() == std::fs::read(b).ok();
+    }
+    let files = |dir: &Path| -> Vec<PathBuf> {
+        let mut all: Vec<PathBuf> = common::files_under(dir)
+            .into_iter()
+            .filter(|p| p.is_file())
+            .map(|p| p.strip_prefix(dir).unwrap().to_owned())
+            .collect();
+        all.sort();
+        all
+    };
+    let names = files(a);
+    names == files(b)
+        && names
+            .iter()
+            .all(|n| std::fs::read(a.join(n)).ok() == std::fs::read(b.join(n)).ok())
+}
+
+/// An exclusive lock on `path`, held until the file is dropped.
+fn lock(path: &Path) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::create(path).unwrap();
+    // SAFETY: flock on a descriptor this function owns.
+    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
+    file
+}
+
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let root = std::fs::canonicalize(dir.path()).unwrap();
-        for part in ["worker.jl", "src", "build", "test"] {
-            let from = common::repo().join("julia").join(part);
-            if from.is_dir() {
-                common::copy_dir(&from, &root.join("julia").join(part));
-            } else {
-                std::fs::create_dir_all(root.join("julia")).unwrap();
-                std::fs::copy(&from, root.join("julia").join(part)).unwrap();
-            }
-        }
-        // The worker's tests serve the example pages next to it.
-        common::copy_dir(&common::examples(), &root.join("examples"));
-        common::copy_dir(&common::examples().join("project"), &root.join("project"));
+        let root = common::repo().join("target/test-sysimage");
+        std::fs::create_dir_all(&root).unwrap();
+        let root = std::fs::canonicalize(root).unwrap();
+        let _lock = lock(&root.join(".lock"));
         let depot = root.join("depot");
-        std::fs::create_dir_all(&depot).unwrap();
         let worker_file = root.join("julia/worker.jl");
         let project = root.join("project");
         let env: Vec<(OsString, OsString)> = [
@@ -69,13 +107,60 @@ fn fixture() -> &'static Fixture {
         .map(|(k, v)| (k.into(), v))
         .collect();
         let image = root.join("image/sysimage.so");
-        let mut opts = BuildOptions::new(&common::julia(), &worker_file, env.clone(), &image);
-        opts.packages = vec!["Greeting".into()];
-        let t0 = Instant::now();
-        let built = sysimage::build(&opts, &mut |line| {
-            eprintln!("[build {:5.0} s] {line}", t0.elapsed().as_secs_f64())
-        })
-        .unwrap_or_else(|e| panic!("the image did not build: {e}"));
+        let times_file = root.join("image/ready-times");
+        let inputs = Inputs::new(&common::julia(), &worker_file, &["Greeting".into()], &env);
+        let kept = sources()
+            .iter()
+            .all(|(from, to)| same_tree(from, &root.join(to)))
+            && Image::check(&image, &inputs).is_ok();
+        let kept_times = std::fs::read_to_string(&times_file)
+            .ok()
+            .and_then(|text| {
+                let (a, b) = text.trim().split_once(' ')?;
+                Some((a.parse::<f64>().ok()?, b.parse::<f64>().ok()?))
+            })
+            .filter(|_| kept);
+        let (source_ready, image_ready) = match kept_times {
+            Some((source, image)) => {
+                eprintln!("the image in {} is up to date: not rebuilt", root.display());
+                (
+                    Duration::from_secs_f64(source),
+                    Duration::from_secs_f64(image),
+                )
+            }
+            None => {
+                for part in ["julia", "examples", "project", "depot", "image"] {
+                    let _ = std::fs::remove_dir_all(root.join(part));
+                }
+                for (from, to) in sources() {
+                    if from.is_dir() {
+                        common::copy_dir(&from, &root.join(to));
+                    } else {
+                        std::fs::create_dir_all(root.join(to).parent().unwrap()).unwrap();
+                        std::fs::copy(&from, root.join(to)).unwrap();
+                    }
+                }
+                std::fs::create_dir_all(&depot).unwrap();
+                let mut opts =
+                    BuildOptions::new(&common::julia(), &worker_file, env.clone(), &image);
+                opts.packages = vec!["Greeting".into()];
+                let t0 = Instant::now();
+                let built = sysimage::build(&opts, &mut |line| {
+                    eprintln!("[build {:5.0} s] {line}", t0.elapsed().as_secs_f64())
+                })
+                .unwrap_or_else(|e| panic!("the image did not build: {e}"));
+                std::fs::write(
+                    &times_file,
+                    format!(
+                        "{} {}\n",
+                        built.source_ready.as_secs_f64(),
+                        built.image_ready.as_secs_f64()
+                    ),
+                )
+                .unwrap();
+                (built.source_ready, built.image_ready)
+            }
+        };
         let image_julia = root.join("julia-with-image");
         std::fs::write(
             &image_julia,
@@ -89,7 +174,7 @@ fn fixture() -> &'static Fixture {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&image_julia, std::fs::Permissions::from_mode(0o755)).unwrap();
         Fixture {
-            _dir: dir,
+            scratch: tempfile::tempdir().unwrap(),
             root,
             worker_file,
             project,
@@ -97,8 +182,8 @@ fn fixture() -> &'static Fixture {
             image,
             image_julia,
             env,
-            source_ready: built.source_ready,
-            image_ready: built.image_ready,
+            source_ready,
+            image_ready,
         }
     })
 }
@@ -285,7 +370,7 @@ fn the_worker_tests_pass_on_the_image() {
 /// A second image record of the same build, for a worker or a package
 /// copied to where it may be changed: fits until the copy changes.
 fn twin(f: &Fixture, name: &str) -> (PathBuf, PathBuf) {
-    let dir = f.root.join(name);
+    let dir = std::fs::canonicalize(f.scratch.path()).unwrap().join(name);
     common::copy_dir(&f.root.join("julia"), &dir.join("julia"));
     common::copy_dir(&f.project, &dir.join("project"));
     let image = dir.join("sysimage.so");

@@ -91,7 +91,12 @@ pub fn build_command(pool: &Pool, request: &BuildRequest) -> Result<bool, BuildE
         opts.cpu_target = target.clone();
     }
     opts.keep_work_dir = request.keep_work_dir;
-    opts.start_timeout = pool.start_timeout.max(Duration::from_secs(300));
+    // The build's workers start with --compiled-modules=no and, under the
+    // packages, at low priority while the service starts too: on a slow
+    // machine that takes many times a normal start (measured in the VM, an
+    // emulated CPU: over 300 s). A worker that never gets ready still ends
+    // the build, only later.
+    opts.start_timeout = (pool.start_timeout * 4).max(Duration::from_secs(1800));
     let t0 = Instant::now();
     let built = build(&opts, &mut |line| {
         eprintln!(

@@ -44,6 +44,16 @@ cat > /etc/systemd/system/julia-fcgi.service.d/test.conf <<'UNIT'
 WatchdogSec=15s
 TimeoutStopSec=40s
 UNIT
+# A pool sysimage staged with the files (one the package test built in this
+# same VM image, tests/vm/README.md): installed where the packages put it,
+# so that the suite runs with workers started from it ("after" figures).
+SYSIMAGE=0
+if [ -f "$F/sysimage/sysimage.so" ]; then
+    install -d -m 0755 /var/cache/julia-fcgi
+    install -m 0644 "$F"/sysimage/sysimage.* /var/cache/julia-fcgi/
+    SYSIMAGE=1
+fi
+SUITE_T0=$(date +%s)
 mkdir -p /var/www/jl && cp "$F"/examples/*.jl /var/www/jl/
 cat > /var/www/jl/slow.jl <<'JL'
 sleep(4); print("Content-Type: text/plain\r\n\r\nslow done")
@@ -95,7 +105,12 @@ echo "== first request activates the service"
 t0=$(date +%s)
 CODE=$(curl -sS -m 600 -o /tmp/body -w '%{http_code}' $URL/hello.jl); cat /tmp/body; echo
 echo "first request took $(( $(date +%s) - t0 ))s"
+echo "FIGURE first request after socket activation: $(( $(date +%s) - t0 ))s (sysimage: $SYSIMAGE)"
 check "first request through nginx gets 200" test "$CODE" = 200
+if [ "$SYSIMAGE" = 1 ]; then
+    check "workers start from the staged pool sysimage" bash -c \
+        "journalctl -u julia-fcgi.service -b --no-pager -q | grep -q 'workers start from the pool sysimage /var/cache/julia-fcgi/sysimage.so'"
+fi
 check "page body" grep -q "Hello, world!" /tmp/body
 # The first worker may answer while the others still warm up; READY=1 (and
 # so "active") comes once all are warm.
@@ -200,7 +215,9 @@ check "journal: reload complete" bash -c "journalctl -u julia-fcgi.service -b --
 check "systemd did not time the reload out" bash -c "! journalctl -b --no-pager | grep -q 'Reload operation timed out'"
 
 echo "== restart under load (the socket stays open)"
+t0=$(date +%s)
 under_load "systemctl restart" systemctl restart julia-fcgi.service
+echo "FIGURE systemctl restart under load: $(( $(date +%s) - t0 - 4 ))s (sysimage: $SYSIMAGE)"
 check "service active after restart" systemctl is-active -q julia-fcgi.service
 
 echo "== stop drains a request in progress"
@@ -329,5 +346,6 @@ check "no worker cgroup left" test -z "$(ls -d "$CG"/worker-* 2>/dev/null)"
 echo "== journal (last 40 lines)"
 journalctl -u julia-fcgi.service -b --no-pager | tail -40
 echo
+echo "FIGURE suite: $(( $(date +%s) - SUITE_T0 ))s from install to the end (sysimage: $SYSIMAGE)"
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" = 0 ]
