@@ -26,7 +26,8 @@
 //!
 //! - [`cli`]: the command line, compatible with the old C process manager.
 //! - [`config`]: flags over a TOML file over defaults, validated into
-//!   [`config::Settings`] before anything happens.
+//!   [`config::Settings`] before anything happens (the pool's name among
+//!   them: `pool`, or the instance of `julia-fcgi@NAME`).
 //! - [`contract`]: what the master tells each worker at start-up, as one
 //!   typed value, and the environment that carries it to the Julia side.
 //! - [`runtime_dir`]: the runtime directory and its one-instance lock.
@@ -45,13 +46,16 @@
 //!   request, read by the pool's scans.
 //! - [`queue`]: the listen queue length, from the kernel.
 //! - [`status`]: the status page the master serves itself (its counters
-//!   and report, [`status::stats`]), and `julia-fcgi status`.
+//!   and report, [`status::stats`]), `GET /ping` and `GET /ready` for load
+//!   balancers ([`status::health`], also on `health_listen`), and
+//!   `julia-fcgi status` (`--pool NAME`, `--all`).
 //! - [`fastcgi`]: the FastCGI wire format (records, name-value pairs),
 //!   for the status server and the tests' client.
 //! - [`signals`]: SIGTERM/SIGINT into a stop, SIGHUP into a reload.
 //! - [`notify`]: `sd_notify` readiness, status, watchdog.
 //! - [`logging`]: `tracing` to the journal or stderr.
-//! - [`sysimage`]: the pool sysimage: building one, and choosing (or refusing) it.
+//! - [`sysimage`]: the pool sysimage: building one (`julia-fcgi sysimage
+//!   build`), and choosing (or refusing) it at every start and reload.
 //!
 //! `main.rs` only parses arguments and wires these together.
 

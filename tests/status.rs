@@ -126,8 +126,12 @@ fn status_answers_fast_while_every_worker_is_stuck() {
     assert!(took < Duration::from_millis(100), "status took {took:?}");
     assert_eq!(j["active processes"], 1, "{j}");
     assert_eq!(j["idle processes"], 0, "{j}");
-    assert_eq!(
-        j["listen queue"], 2,
+    // Two wait for the one worker: in the kernel's queue, unless the worker
+    // accepted one between its client's connect and its write and set it
+    // aside (parked, julia/README.md) for the one whose request was there.
+    let queued = j["listen queue"].as_u64().unwrap_or(0);
+    assert!(
+        (1..=2).contains(&queued),
         "two connections wait for the one worker: {j}"
     );
     let worker = &j["processes"][0];

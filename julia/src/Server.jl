@@ -241,15 +241,21 @@ function parked_deadline(w::Worker, p::Parked)::UInt64
 end
 
 """
-    wait_parked!(w, timeout_ms) -> Outcome
+    wait_parked!(w, timeout_ms; idle=true) -> Outcome
 
 Wait for a connection on the listener (not when stopping), the control
 channel or more of a parked connection's head; serve the first parked one
 whose head is complete, close those that missed their deadline. A stopping
-worker gives parked connections STOP_LINGER_MS at most.
+worker gives parked connections STOP_LINGER_MS at most. With `idle`, a
+wait that saw nothing runs the idle work (not between accepts, where the
+timeout is 0).
 """
-function wait_parked!(w::Worker, timeout_ms::Int)::Outcome
+function wait_parked!(w::Worker, timeout_ms::Int; idle::Bool=true)::Outcome
     a = w.arrivals
+    # One whose head came in whole at an earlier poll (not served then:
+    # another was) has no more input to wake the poll: served first.
+    done = findfirst(head_ready, a.parked)
+    done === nothing || return serve_parked!(w, done)
     stopping = Control.stopping()
     stopping && a.stop_at == 0 && (a.stop_at = time_ns())
     set, now = a.set, time_ns()
@@ -262,13 +268,15 @@ function wait_parked!(w::Worker, timeout_ms::Int)::Outcome
     end
     rc = Waiting.idle_poll_set!(w.rt, set, length(a.parked) + 2, ms_until(limit, now))
     @inbounds set[2].revents != 0 && Control.on_readable!()
+    # Every readable one is read, so that none is closed below as silent
+    # with its bytes unread; the first complete one is served.
     ready = 0
     for i in 1:(rc > 0 ? length(a.parked) : 0)
         @inbounds set[i + 2].revents == 0 && continue
         p = a.parked[i]
         h = top_up!(w, p)
         h == HEAD_GONE && (Posix.closefd(p.fd); p.fd = Cint(-1))
-        h == HEAD_READY && (ready = i; break)
+        h == HEAD_READY && ready == 0 && (ready = i)
     end
     p = ready > 0 ? a.parked[ready] : nothing
     p === nothing || deleteat!(a.parked, ready)
@@ -278,9 +286,21 @@ function wait_parked!(w::Worker, timeout_ms::Int)::Outcome
         Connection.reset!(w.conn, p.fd, p.bytes)
         return serve_read!(w, p.accepted)
     end
-    rc == 0 && (Pages.idle!(w.rt); yield())
+    idle && rc == 0 && (Pages.idle!(w.rt); yield())
     return ACCEPTED
 end
+
+"""Serve parked connection `i` (its head is complete)."""
+function serve_parked!(w::Worker, i::Int)::Outcome
+    p = w.arrivals.parked[i]
+    deleteat!(w.arrivals.parked, i)
+    Connection.reset!(w.conn, p.fd, p.bytes)
+    return serve_read!(w, p.accepted)
+end
+
+"""A parked connection's head is all there (or large): it is served next."""
+head_ready(p::Parked)::Bool =
+    FastCGI.head_complete(p.bytes, 1, length(p.bytes)) || length(p.bytes) > PARK_MAX_BYTES
 
 """Read what a parked connection sent: HEAD_READY when its head is complete
 (or large, or cut off by the peer), HEAD_PARKED while not, HEAD_GONE when it
@@ -304,7 +324,7 @@ function expire_parked!(w::Worker)
     a, s, now = w.arrivals, w.settings, time_ns()
     counts = (0, 0, 0)
     for p in a.parked
-        now < parked_deadline(w, p) && continue
+        (now < parked_deadline(w, p) || head_ready(p)) && continue
         Posix.closefd(p.fd)
         p.fd = Cint(-1)
         m = Int(missed(s, !isempty(p.bytes), p.accepted, now)) + 1
@@ -360,6 +380,15 @@ function accept_once!(w::Worker)::Outcome
         return serve_new!(w, fd, k.handover_at)
     end
     Control.stopping() && return wait_for_connection!(w, ACCEPT_POLL_MS)   # parked ones only
+    parked = length(w.arrivals.parked)
+    if parked > 0 && Waiting.has_input(k.listen_fd)
+        # Parked connections were accepted first: one whose head has come
+        # is served before the listener, which never empties under steady
+        # load, and those past their deadline are closed. (With the
+        # listener empty the wait below watches them.)
+        outcome = wait_parked!(w, 0; idle=false)
+        length(w.arrivals.parked) < parked && return outcome
+    end
     fd = Posix.accept(k.listen_fd)
     fd >= 0 && return serve_new!(w, fd, time_ns())
     e = -fd

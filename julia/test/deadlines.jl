@@ -49,6 +49,23 @@ end
         @test said_hello(read_response(a; timeout=5))
         Posix.closefd(a); Posix.closefd(b)
 
+        # Under steady load the listener never empties: a parked connection
+        # whose request has come is served before the next new one (it was
+        # accepted first), not left to its deadline.
+        a = connect_unix(lpath)
+        b = connect_unix(lpath)
+        send_bytes(b, hello_req())
+        Server.accept_once!(w); Server.accept_once!(w)
+        @test said_hello(read_response(b; timeout=5)) && parked() == 1
+        send_bytes(a, hello_req())
+        c = connect_unix(lpath)
+        send_bytes(c, hello_req())
+        @test Server.accept_once!(w) == Server.ACCEPTED && parked() == 0
+        @test said_hello(read_response(a; timeout=5))
+        Server.accept_once!(w)
+        @test said_hello(read_response(c; timeout=5))
+        Posix.closefd(a); Posix.closefd(b); Posix.closefd(c)
+
         # A head that dribbles in: parked with its bytes, served once whole.
         full = hello_bytes()
         a = connect_unix(lpath)
