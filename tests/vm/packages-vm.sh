@@ -174,13 +174,13 @@ if [ "$SYSIMAGE_WAIT" = 1 ]; then
     SKIP=$(journal | wc -l)
     systemctl restart julia-fcgi.service
     check "the log says why the image is not used, in one line" \
-        bash -c "journal | tail -n +$((SKIP+1)) | grep 'not used, julia changed' | grep -q 'workers start from source'"
+        bash -c "journalctl -u julia-fcgi.service -b --no-pager -q | tail -n +$((SKIP+1)) | grep 'not used, julia changed' | grep -q 'workers start from source'"
     CODE=$(curl -sS -m 600 -o /dev/null -w '%{http_code}' $URL/hello.jl)
     check "served from source meanwhile" test "$CODE" = 200
     touch -r /tmp/sys.so.stamp "$SYS"
     systemctl restart julia-fcgi.service
     check "the same julia again: the image is used again" \
-        bash -c "journal | grep 'pool sysimage' | tail -1 | grep -q 'workers start from the pool sysimage'"
+        bash -c "journalctl -u julia-fcgi.service -b --no-pager -q | grep 'pool sysimage' | tail -1 | grep -q 'workers start from the pool sysimage'"
 else
     # In CI: the build is under way and breaks nothing; then it is stopped
     # (a stopped build installs nothing, and the next one cleans up after
@@ -197,7 +197,7 @@ else
     check "sysimage status: none yet, workers start from source (exit 1)" \
         bash -c "! julia-fcgi --config /etc/julia-fcgi/julia-fcgi.toml sysimage status > /tmp/sysimage.status; cat /tmp/sysimage.status; grep -q 'none at /var/cache/julia-fcgi/sysimage.so; workers start from source' /tmp/sysimage.status"
     check "the service says why its workers start from source" \
-        bash -c "journal | grep -q 'workers start from source: no pool sysimage at /var/cache/julia-fcgi/sysimage.so'"
+        bash -c "journalctl -u julia-fcgi.service -b --no-pager -q | grep -q 'workers start from source: no pool sysimage at /var/cache/julia-fcgi/sysimage.so'"
     ABANDONED=$(ls -d /var/cache/julia-fcgi/.sysimage-build-* 2>/dev/null | head -1)
     systemctl stop julia-fcgi-sysimage.service
     check "a stopped build installs nothing" test ! -e /var/cache/julia-fcgi/sysimage.so
@@ -244,7 +244,7 @@ if [ "$SYSIMAGE_WAIT" = 1 ]; then
     check "the same package again: the pool sysimage is up to date, not rebuilt" \
         grep -q 'the pool sysimage is up to date' /tmp/upgrade.out
     check "the restarted service starts its workers from the image" \
-        bash -c "journal | grep 'pool sysimage' | tail -1 | grep -q 'workers start from the pool sysimage'"
+        bash -c "journalctl -u julia-fcgi.service -b --no-pager -q | grep 'pool sysimage' | tail -1 | grep -q 'workers start from the pool sysimage'"
 else
     check "without an image, the upgrade starts a build again" \
         grep -q 'building the pool sysimage in the background' /tmp/upgrade.out
