@@ -387,6 +387,23 @@ fn twin(f: &Fixture, name: &str) -> (PathBuf, PathBuf) {
     (dir, image)
 }
 
+/// Why a twin of the image, which fits its copy of the worker and project,
+/// is refused once `file` (under the twin) has `more` appended.
+fn refused_after_change(f: &Fixture, name: &str, file: &str, more: &str) -> String {
+    let (dir, image) = twin(f, name);
+    let inputs = Inputs::new(
+        &common::julia(),
+        &dir.join("julia/worker.jl"),
+        &["Greeting".into()],
+        &f.env,
+    );
+    assert!(Image::check(&image, &inputs).is_ok());
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text + more).unwrap();
+    Image::check(&image, &inputs).unwrap_err().why
+}
+
 #[test]
 fn a_stale_image_is_refused() {
     let f = fixture();
@@ -401,36 +418,19 @@ fn a_stale_image_is_refused() {
     assert!(why.contains("built for julia 1."), "{why}");
 
     // A worker source changed since the build.
-    let (dir, image) = twin(f, "stale-worker");
-    let inputs = Inputs::new(
-        &common::julia(),
-        &dir.join("julia/worker.jl"),
-        &["Greeting".into()],
-        &f.env,
-    );
-    assert!(Image::check(&image, &inputs).is_ok());
-    let env_jl = dir.join("julia/src/Env.jl");
-    let text = std::fs::read_to_string(&env_jl).unwrap();
-    std::fs::write(&env_jl, text + "\n# changed\n").unwrap();
-    let why = Image::check(&image, &inputs).unwrap_err().why;
+    let why = refused_after_change(f, "stale-worker", "julia/src/Env.jl", "\n# changed\n");
     assert!(
         why.contains("worker changed") && why.contains("src/Env.jl"),
         "{why}"
     );
 
     // The package compiled into it changed.
-    let (dir, image) = twin(f, "stale-package");
-    let inputs = Inputs::new(
-        &common::julia(),
-        &dir.join("julia/worker.jl"),
-        &["Greeting".into()],
-        &f.env,
+    let why = refused_after_change(
+        f,
+        "stale-package",
+        "project/Greeting/src/Greeting.jl",
+        "\nnewfunction() = 1\n",
     );
-    assert!(Image::check(&image, &inputs).is_ok());
-    let src = dir.join("project/Greeting/src/Greeting.jl");
-    let text = std::fs::read_to_string(&src).unwrap();
-    std::fs::write(&src, text + "\nnewfunction() = 1\n").unwrap();
-    let why = Image::check(&image, &inputs).unwrap_err().why;
     assert!(
         why.contains("a package changed") && why.contains("Greeting.jl"),
         "{why}"

@@ -255,7 +255,7 @@ function wait_parked!(w::Worker, timeout_ms::Int; idle::Bool=true)::Outcome
     # One whose head came in whole at an earlier poll (not served then:
     # another was) has no more input to wake the poll: served first.
     done = findfirst(head_ready, a.parked)
-    done === nothing || return serve_parked!(w, done)
+    done === nothing || return serve_parked!(w, popat!(a.parked, done))
     stopping = Control.stopping()
     stopping && a.stop_at == 0 && (a.stop_at = time_ns())
     set, now = a.set, time_ns()
@@ -282,18 +282,13 @@ function wait_parked!(w::Worker, timeout_ms::Int; idle::Bool=true)::Outcome
     p === nothing || deleteat!(a.parked, ready)
     filter!(q -> q.fd >= 0, a.parked)
     expire_parked!(w)
-    if p !== nothing
-        Connection.reset!(w.conn, p.fd, p.bytes)
-        return serve_read!(w, p.accepted)
-    end
+    p === nothing || return serve_parked!(w, p)
     idle && rc == 0 && (Pages.idle!(w.rt); yield())
     return ACCEPTED
 end
 
-"""Serve parked connection `i` (its head is complete)."""
-function serve_parked!(w::Worker, i::Int)::Outcome
-    p = w.arrivals.parked[i]
-    deleteat!(w.arrivals.parked, i)
+"""Serve `p`, taken from the parked ones (its head is complete)."""
+function serve_parked!(w::Worker, p::Parked)::Outcome
     Connection.reset!(w.conn, p.fd, p.bytes)
     return serve_read!(w, p.accepted)
 end
