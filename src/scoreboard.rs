@@ -16,7 +16,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::time::Duration;
 
 pub const MAGIC: &[u8; 8] = b"JFCGISB1";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const HEADER_SIZE: usize = 64;
 pub const SLOT_SIZE: usize = 512;
 
@@ -30,8 +30,9 @@ const LAST_FINISHED_NS: usize = 40;
 const METHOD_LEN: usize = 48;
 const METHOD: usize = 49;
 const METHOD_MAX: usize = 15;
-const URI_LEN: usize = 64;
-const URI: usize = 66;
+const PARKED: usize = 64;
+const URI_LEN: usize = 68;
+const URI: usize = 70;
 const URI_MAX: usize = SLOT_SIZE - URI;
 
 /// What a worker says it is doing.
@@ -68,6 +69,10 @@ pub struct Snapshot {
     pub last_finished_ns: u64,
     pub method: String,
     pub uri: String,
+    /// Connections the worker has accepted and set aside until their
+    /// request head comes ("parked"): clients that wait, though they are
+    /// in no listen queue and on no busy worker.
+    pub parked: u32,
 }
 
 impl Snapshot {
@@ -239,6 +244,7 @@ pub fn decode(b: &[u8]) -> Snapshot {
         last_finished_ns: u64_at(b, LAST_FINISHED_NS),
         method: String::from_utf8_lossy(&b[METHOD..METHOD + method_len]).into_owned(),
         uri: String::from_utf8_lossy(&b[URI..URI + uri_len]).into_owned(),
+        parked: u32_at(b, PARKED),
     }
 }
 
@@ -268,6 +274,7 @@ mod tests {
         b[REQUESTS..REQUESTS + 8].copy_from_slice(&7u64.to_le_bytes());
         b[METHOD_LEN] = 3;
         b[METHOD..METHOD + 3].copy_from_slice(b"GET");
+        b[PARKED..PARKED + 4].copy_from_slice(&5u32.to_le_bytes());
         b[URI_LEN..URI_LEN + 2].copy_from_slice(&(uri.len() as u16).to_le_bytes());
         b[URI..URI + uri.len()].copy_from_slice(uri.as_bytes());
         b[SEQ..SEQ + 8].copy_from_slice(&(seq + 2).to_le_bytes());
@@ -286,7 +293,10 @@ mod tests {
         assert_eq!(board.read(a).unwrap().state, State::Starting);
         write_busy(&mut board, b, 42, "/x.jl?y=1");
         let snap = board.read(b).unwrap();
-        assert_eq!((snap.pid, snap.state, snap.requests), (42, State::Busy, 7));
+        assert_eq!(
+            (snap.pid, snap.state, snap.requests, snap.parked),
+            (42, State::Busy, 7, 5)
+        );
         assert_eq!(
             (snap.method.as_str(), snap.uri.as_str()),
             ("GET", "/x.jl?y=1")
@@ -296,6 +306,50 @@ mod tests {
         assert!(board.allocate().is_some());
         assert!(board.allocate().is_some());
         assert!(board.allocate().is_none());
+    }
+
+    /// The slot table of `julia/INTERFACE.md` (the contract the Julia side
+    /// follows too) says what these offsets say.
+    #[test]
+    fn the_layout_is_the_contract() {
+        let contract = include_str!("../julia/INTERFACE.md");
+        let section = contract
+            .split("## Scoreboard")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("INTERFACE.md has a Scoreboard section");
+        assert!(
+            section.contains(&format!("`u32` layout version ({VERSION})")),
+            "{section}"
+        );
+        let rows: Vec<(usize, String)> = section
+            .lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                Some((cells.get(1)?.parse().ok()?, cells.get(3)?.to_string()))
+            })
+            .collect();
+        let expected = [
+            (SEQ, "`seq`"),
+            (PID, "`pid`"),
+            (STATE, "`state`"),
+            (REQUESTS, "`requests`"),
+            (STARTED_NS, "`started_ns`"),
+            (LAST_DURATION_NS, "`last_duration_ns`"),
+            (LAST_FINISHED_NS, "`last_finished_ns`"),
+            (METHOD_LEN, "method length"),
+            (METHOD, "`REQUEST_METHOD`"),
+            (PARKED, "`parked`"),
+            (URI_LEN, "URI length"),
+            (URI, "`REQUEST_URI`"),
+        ];
+        assert_eq!(rows.len(), expected.len(), "{rows:?}");
+        for ((offset, field), (at, name)) in rows.iter().zip(expected) {
+            assert_eq!(*offset, at, "{name}: {field}");
+            assert!(field.starts_with(name), "{name} at {at}: {field}");
+        }
+        assert!(section.contains(&format!("URI length (≤ {URI_MAX})")));
+        assert!(section.contains(&format!("| {URI_MAX} bytes |")));
     }
 
     #[test]

@@ -126,15 +126,17 @@ fn status_answers_fast_while_every_worker_is_stuck() {
     assert!(took < Duration::from_millis(100), "status took {took:?}");
     assert_eq!(j["active processes"], 1, "{j}");
     assert_eq!(j["idle processes"], 0, "{j}");
-    // Two wait for the one worker: in the kernel's queue, unless the worker
-    // accepted one between its client's connect and its write and set it
-    // aside (parked, julia/README.md) for the one whose request was there.
-    let queued = j["listen queue"].as_u64().unwrap_or(0);
-    assert!(
-        (1..=2).contains(&queued),
+    // Two wait for the one worker: in the kernel's queue, or parked by the
+    // worker (it accepted one between its client's connect and its write
+    // and set it aside for the one whose request was there).
+    let (queued, parked) = (&j["listen queue"], &j["parked connections"]);
+    assert_eq!(
+        queued.as_u64().unwrap() + parked.as_u64().unwrap(),
+        2,
         "two connections wait for the one worker: {j}"
     );
     let worker = &j["processes"][0];
+    assert_eq!(&worker["parked connections"], parked, "{j}");
     assert_eq!(worker["state"], "busy");
     assert!(
         worker["request uri"]
@@ -149,6 +151,76 @@ fn status_answers_fast_while_every_worker_is_stuck() {
     );
     for c in clients {
         assert_eq!(c.join().unwrap(), "ok");
+    }
+}
+
+/// Connections straight to the socket that send nothing, with a request
+/// behind them, are parked by the worker (julia/INTERFACE.md, "Deadlines"):
+/// they are in no listen queue and on no busy worker, and the status page
+/// counts them, per worker and in all, in every format, until
+/// first_byte_timeout closes them.
+#[test]
+fn parked_connections_are_counted_on_the_status_page() {
+    const N: usize = 5;
+    let d = Daemon::start(Options {
+        config: Some("first_byte_timeout = \"4s\"\n".into()),
+        ..Options::default()
+    });
+    let status = d.dir.path().join("status.sock");
+    let hello = page(
+        d.dir.path(),
+        "hello.jl",
+        r#"print("Content-Type: text/plain\r\n\r\nhi")"#,
+    );
+    let idle: Vec<_> = (0..N).map(|_| fcgi::connect(&d.addr)).collect();
+    let connected = Instant::now();
+    // The request behind them is served at once: they hold no worker.
+    let asked = Instant::now();
+    assert_eq!(fcgi::get(&d.addr, &hello, "").body_text(), "hi");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    let parked = |j: &serde_json::Value| j["parked connections"].as_u64();
+    let mut j = json(&status, "/status?json&full");
+    while parked(&j) != Some(N as u64) && connected.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(50));
+        j = json(&status, "/status?json&full");
+    }
+    assert_eq!(parked(&j), Some(N as u64), "{j}");
+    assert_eq!(j["processes"][0]["parked connections"], N, "{j}");
+    assert_eq!(j["listen queue"], 0, "{j}");
+    assert_eq!(j["idle processes"], 1, "{j}");
+    assert_eq!(j["active processes"], 0, "{j}");
+    let text = http_get(&status, "/status?full").1;
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("parked connections:"))
+        .collect();
+    let line = format!("parked connections:  {N}");
+    assert_eq!(
+        lines,
+        [line.as_str(), line.as_str()],
+        "the pool's and the worker's: {text}"
+    );
+    let metrics = http_get(&status, "/status?openmetrics").1;
+    assert!(
+        metrics.contains("# TYPE julia_fcgi_parked_connections gauge")
+            && metrics.contains(&format!("\njulia_fcgi_parked_connections {N}\n")),
+        "{metrics}"
+    );
+
+    // first_byte_timeout from their accept: closed, and no longer counted.
+    for mut conn in idle {
+        assert!(fcgi::closed(&mut *conn), "an idle connection left open");
+    }
+    let closed = connected.elapsed();
+    assert!(closed > Duration::from_secs(3), "closed after {closed:?}");
+    let start = Instant::now();
+    while parked(&json(&status, "/status?json")) != Some(0) {
+        assert!(start.elapsed() < Duration::from_secs(2), "still counted");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -11,7 +11,9 @@ connection's accept (a kept connection's next request: from its first
 byte), so a worker stuck reading a slow request is as visible to
 `request_terminate_timeout`, the slow log, the status page and the dynamic
 pool as one running a slow page. Method and URI follow once the params are
-complete.
+complete. Between requests it also says how many connections it holds
+parked (accepted, their request head still to come: see `Server`), which
+are in no listen queue and on no busy worker.
 
 Each write is a seqlock: `seq` odd, fence, the fields, fence, `seq` even.
 Without `JULIA_FCGI_SCOREBOARD_FD` (standalone, tests) every call is a no-op.
@@ -22,7 +24,7 @@ using ..Posix
 using ..Log
 
 const MAGIC = b"JFCGISB1"
-const LAYOUT_VERSION = UInt32(1)
+const LAYOUT_VERSION = UInt32(2)
 const HEADER_SIZE = 64
 const SLOT_SIZE = 512
 
@@ -37,8 +39,9 @@ const LAST_FINISHED_NS = 40
 const METHOD_LEN       = 48
 const METHOD           = 49
 const METHOD_MAX       = 15
-const URI_LEN          = 64
-const URI              = 66
+const PARKED           = 64
+const URI_LEN          = 68
+const URI              = 70
 const URI_MAX          = SLOT_SIZE - URI
 
 # States.
@@ -59,9 +62,10 @@ mutable struct Slot
     requests::UInt64
     started::UInt64
     busy::Bool            # the slot says busy (so `done!` has something to end)
+    parked::UInt32        # the parked count the slot says
 end
 
-const SLOT = Slot(C_NULL, 0, C_NULL, 0, 0, false)
+const SLOT = Slot(C_NULL, 0, C_NULL, 0, 0, false, 0)
 
 enabled() = SLOT.slot != C_NULL
 
@@ -108,6 +112,7 @@ function map_file!(fd::Cint, slot::Int)::String
     SLOT.base, SLOT.len = p, Int(size)
     SLOT.slot = p + HEADER_SIZE + SLOT_SIZE * slot
     SLOT.requests = UInt64(0)
+    SLOT.parked = UInt32(0)
     return ""
 end
 
@@ -191,6 +196,26 @@ function done!(answered::Bool)
     store64!(p, REQUESTS, SLOT.requests)
     store64!(p, LAST_DURATION_NS, now - SLOT.started)
     store64!(p, LAST_FINISHED_NS, now)
+    end_write(p, seq)
+    return nothing
+end
+
+"""
+    parked!(n)
+
+The worker holds `n` parked connections. Written only when the number
+changes (a connection parked, served, closed at its deadline or by its
+peer), so the master's status page and metrics count the clients that
+wait on this worker without being in the kernel's listen queue.
+"""
+function parked!(n::Int)
+    enabled() || return nothing
+    v = n <= 0 ? UInt32(0) : UInt32(min(n, Int(typemax(UInt32))))
+    v == SLOT.parked && return nothing
+    SLOT.parked = v
+    p = SLOT.slot
+    seq = begin_write(p)
+    store32!(p, PARKED, v)
     end_write(p, seq)
     return nothing
 end

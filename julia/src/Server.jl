@@ -17,7 +17,9 @@ connections with the listener, serves the one whose head completes first,
 and closes those that miss their deadline (`first_byte_timeout` for the
 first byte, `header_timeout` for the head, `read_timeout` of silence). Idle
 and slow clients so hold a descriptor, never a worker, and the scoreboard
-says busy only once a connection is served: from its accept on.
+says busy only once a connection is served: from its accept on. How many
+are parked is on the scoreboard too (`Scoreboard.parked!`), updated
+whenever the set changes, so the status page counts those waiting clients.
 """
 module Server
 
@@ -29,6 +31,7 @@ using ..FastCGI: ByteBuf
 using ..Config: Settings
 using ..Output: ResponseIO
 using ..Pages
+using ..Scoreboard
 using ..Connection
 using ..Connection: Conn, buffered
 using ..Waiting
@@ -231,8 +234,12 @@ function park!(w::Worker, c::Conn, accepted::UInt64, last_read::UInt64)
                  "request head; the oldest gives way")
     end
     push!(a.parked, Parked(c.fd, accepted, last_read, Connection.unconsumed(c)))
+    publish_parked(w)
     return nothing
 end
+
+"""Say on the scoreboard how many connections are parked (not while warming up)."""
+publish_parked(w::Worker) = (w.scoreboard && Scoreboard.parked!(length(w.arrivals.parked)); nothing)
 
 function parked_deadline(w::Worker, p::Parked)::UInt64
     limit = head_deadline(w.settings, p.accepted, p.last_read, !isempty(p.bytes))
@@ -282,6 +289,7 @@ function wait_parked!(w::Worker, timeout_ms::Int; idle::Bool=true)::Outcome
     p === nothing || deleteat!(a.parked, ready)
     filter!(q -> q.fd >= 0, a.parked)
     expire_parked!(w)
+    publish_parked(w)
     p === nothing || return serve_parked!(w, p)
     idle && rc == 0 && (Pages.idle!(w.rt); yield())
     return ACCEPTED
@@ -289,6 +297,7 @@ end
 
 """Serve `p`, taken from the parked ones (its head is complete)."""
 function serve_parked!(w::Worker, p::Parked)::Outcome
+    publish_parked(w)                          # it is no longer waiting: it is served
     Connection.reset!(w.conn, p.fd, p.bytes)
     return serve_read!(w, p.accepted)
 end
@@ -392,6 +401,7 @@ function accept_once!(w::Worker)::Outcome
         parked = w.arrivals.parked
         if !isempty(parked) && e in (Posix.EMFILE, Posix.ENFILE)
             Posix.closefd(popfirst!(parked).fd)      # a descriptor for the waiting one
+            publish_parked(w)
             Log.info("closing FastCGI connection: no descriptor left (" * Posix.strerror(e) *
                      "); the oldest parked connection gives way")
             return ACCEPTED

@@ -88,7 +88,7 @@ end
 function make_scoreboard(dir::String, slots::Int)
     path = joinpath(dir, "scoreboard")
     open(path, "w") do io
-        write(io, b"JFCGISB1", htol(UInt32(1)), htol(UInt32(512)), htol(UInt32(slots)))
+        write(io, b"JFCGISB1", htol(UInt32(2)), htol(UInt32(512)), htol(UInt32(slots)))
         write(io, zeros(UInt8, 64 - 20 + 512 * slots))
     end
     return path, ccall(:open, Cint, (Cstring, Cint), path, 2)    # O_RDWR, inherited
@@ -109,10 +109,10 @@ function read_slot(path::String, i::Int)
     b = read(path)[64 + 512 * i + 1:64 + 512 * (i + 1)]
     u32(o) = Int(ltoh(reinterpret(UInt32, b[o+1:o+4])[1]))
     u64(o) = ltoh(reinterpret(UInt64, b[o+1:o+8])[1])
-    ulen = Int(b[65]) | (Int(b[66]) << 8)
+    ulen = Int(b[69]) | (Int(b[70]) << 8)
     return (seq=u64(0), pid=u32(8), state=u32(12), requests=Int(u64(16)), started=u64(24),
             last_duration=u64(32), last_finished=u64(40), method=String(b[50:49+b[49]]),
-            uri=String(b[67:66+ulen]))
+            parked=u32(64), uri=String(b[71:70+ulen]))
 end
 
 """Read control lines until one satisfies `pred` (returns it) or timeout."""

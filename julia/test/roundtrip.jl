@@ -124,6 +124,22 @@ function run_roundtrip_tests()
             Posix.closefd(fd)
             slot = TestClient.wait_slot(w.board, 1, s -> s.state == 2; timeout=5)
             @test slot.requests == n + 3                                  # cut short: not counted
+
+            # Silent connections with a request behind them are parked: the
+            # slot counts them (idle, no request of theirs is being read),
+            # one fewer once one is served, none once the others hang up.
+            @test TestClient.read_slot(w.board, 1).parked == 0
+            silent = [connect_unix(w.sock) for _ in 1:3]
+            @test hello_ok(w)
+            slot = TestClient.wait_slot(w.board, 1, s -> s.parked == 3; timeout=1.5)
+            @test slot.parked == 3 && slot.state == 2
+            send_bytes(silent[1], FastCGI.put_request!(ByteBuf(), 1,
+                cgi_params(example("hello.jl")); keep=false))
+            @test endswith(read_response(silent[1]; timeout=10).stdout, "Hello, world!\n")
+            @test TestClient.wait_slot(w.board, 1, s -> s.parked == 2; timeout=5).parked == 2
+            foreach(Posix.closefd, silent[2:3])
+            @test TestClient.wait_slot(w.board, 1, s -> s.parked == 0; timeout=5).parked == 0
+            Posix.closefd(silent[1])
         end
 
         @testset "errors" begin

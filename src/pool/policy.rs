@@ -137,6 +137,7 @@ mod tests {
             last_finished_ns: 0,
             method: "GET".into(),
             uri: "/slow.jl".into(),
+            parked: 0,
         }
     }
 

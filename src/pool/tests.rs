@@ -98,6 +98,7 @@ fn idle(requests: u64, finished_ns: u64) -> Snapshot {
         last_finished_ns: finished_ns,
         method: String::new(),
         uri: String::new(),
+        parked: 0,
     }
 }
 

@@ -45,6 +45,9 @@ pub struct WorkerReport {
     /// Of the current request when busy, else of the last one.
     #[serde(rename = "request duration")]
     pub request_duration_us: u64,
+    /// Connections it holds parked: accepted, their request head awaited.
+    #[serde(rename = "parked connections")]
+    pub parked_connections: u32,
     #[serde(rename = "memory current", skip_serializing_if = "Option::is_none")]
     pub memory_current: Option<u64>,
     #[serde(rename = "cpu seconds", skip_serializing_if = "Option::is_none")]
@@ -74,6 +77,11 @@ pub struct Report {
     pub max_listen_queue: u32,
     #[serde(rename = "listen queue len")]
     pub listen_queue_len: u32,
+    /// Connections the workers hold parked until their request head comes:
+    /// clients that wait as those in the listen queue do, but out of it
+    /// (julia/INTERFACE.md, "Deadlines").
+    #[serde(rename = "parked connections")]
+    pub parked_connections: u32,
     #[serde(rename = "idle processes")]
     pub idle_processes: u32,
     #[serde(rename = "active processes")]
@@ -110,6 +118,7 @@ impl Default for Report {
             listen_queue: 0,
             max_listen_queue: 0,
             listen_queue_len: 0,
+            parked_connections: 0,
             idle_processes: 0,
             active_processes: 0,
             total_processes: 0,
@@ -174,6 +183,7 @@ impl Report {
         line("listen queue", &self.listen_queue);
         line("max listen queue", &self.max_listen_queue);
         line("listen queue len", &self.listen_queue_len);
+        line("parked connections", &self.parked_connections);
         line("idle processes", &self.idle_processes);
         line("active processes", &self.active_processes);
         line("total processes", &self.total_processes);
@@ -202,6 +212,7 @@ impl Report {
             line("request method", &w.request_method);
             line("request uri", &w.request_uri);
             line("request duration", &w.request_duration_us);
+            line("parked connections", &w.parked_connections);
             if let Some(m) = w.memory_current {
                 line("memory current", &m);
             }
@@ -257,7 +268,7 @@ impl Report {
     }
 
     /// The pool's figures as metrics: name, help, value.
-    fn metrics(&self) -> [(&'static str, &'static str, Metric); 11] {
+    fn metrics(&self) -> [(&'static str, &'static str, Metric); 12] {
         use Metric::{Counter as C, Gauge as G};
         [
             (
@@ -279,6 +290,11 @@ impl Report {
                 "listen_queue_len",
                 "Size of the listen queue (backlog)",
                 G(self.listen_queue_len.into()),
+            ),
+            (
+                "parked_connections",
+                "Connections workers hold parked, waiting for their request head",
+                G(self.parked_connections.into()),
             ),
             (
                 "idle_processes",
@@ -338,6 +354,7 @@ mod tests {
         let report = Report {
             accepted_conn: 7,
             listen_queue: 1,
+            parked_connections: 4,
             total_processes: 2,
             max_children_reached: 3,
             start_time: 1_700_000_000,
@@ -353,6 +370,8 @@ mod tests {
             "julia_fcgi_accepted_connections_total 7",
             "# TYPE julia_fcgi_listen_queue gauge",
             "julia_fcgi_listen_queue 1",
+            "# TYPE julia_fcgi_parked_connections gauge",
+            "julia_fcgi_parked_connections 4",
             "julia_fcgi_total_processes 2",
             "julia_fcgi_max_children_reached_total 3",
             "julia_fcgi_start_time_seconds 1700000000",
@@ -366,7 +385,7 @@ mod tests {
                 .unwrap_or_else(|| panic!("{line:?} after byte {from} in\n{text}"));
             from += at + line.len();
         }
-        assert_eq!(text.matches("# HELP").count(), 12, "{text}");
+        assert_eq!(text.matches("# HELP").count(), 13, "{text}");
         assert!(
             !text.contains("pool="),
             "an unnamed pool has no label: {text}"
@@ -388,7 +407,7 @@ mod tests {
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .collect();
-        assert_eq!(samples.len(), 11 + 5, "{text}");
+        assert_eq!(samples.len(), 12 + 5, "{text}");
         for sample in &samples {
             assert!(sample.contains("pool=\"blog\""), "{sample}");
         }

@@ -135,6 +135,7 @@ impl Stats {
         let mut processes = Vec::new();
         for worker in workers {
             let process = worker_report(&worker, now_ns);
+            report.parked_connections += process.parked_connections;
             match process.state {
                 "busy" => report.active_processes += 1,
                 "idle" => report.idle_processes += 1,
@@ -190,6 +191,7 @@ fn worker_report(worker: &WorkerView<'_>, now_ns: u64) -> WorkerReport {
         request_duration_us: last
             .map(|l| micros(l.busy_for(now_ns).unwrap_or(l.last_duration)))
             .unwrap_or(0),
+        parked_connections: last.map_or(0, |l| l.parked),
         memory_current: None,
         cpu_seconds: None,
         cgroup: worker.cgroup.map(Path::to_path_buf),
@@ -212,6 +214,7 @@ mod tests {
             last_finished_ns: 0,
             method: "GET".into(),
             uri: "/a.jl".into(),
+            parked: 0,
         }
     }
 
@@ -241,7 +244,15 @@ mod tests {
         stats.restarted(Restart::Crash);
         stats.restarted(Restart::Timeout);
         stats.slow_request();
-        let (busy, idle) = (snapshot(State::Busy, 5), snapshot(State::Idle, 7));
+        // Each holds connections parked: they are counted per worker and in all.
+        let busy = Snapshot {
+            parked: 2,
+            ..snapshot(State::Busy, 5)
+        };
+        let idle = Snapshot {
+            parked: 3,
+            ..snapshot(State::Idle, 7)
+        };
         let workers = [
             view(1, false, Some(&busy)),
             view(2, false, Some(&idle)),
@@ -266,6 +277,11 @@ mod tests {
         assert_eq!(states, ["busy", "idle", "starting"]);
         assert_eq!(processes[0].request_duration_us, 1_000_000);
         assert_eq!(processes[1].request_duration_us, 250);
+        let parked: Vec<u32> = processes.iter().map(|p| p.parked_connections).collect();
+        assert_eq!(
+            (parked.as_slice(), report.parked_connections),
+            (&[2, 3, 0][..], 5)
+        );
         assert_eq!(
             stats.load_text([&busy, &idle]),
             "1 idle, 1 busy; 52 requests"
