@@ -19,7 +19,7 @@ use julia_fcgi::notify::{self, Notifier};
 use julia_fcgi::pool::{self, Pool, Shared};
 use julia_fcgi::runtime_dir::RuntimeDir;
 use julia_fcgi::scoreboard::Scoreboard;
-use julia_fcgi::signals::Signals;
+use julia_fcgi::signals::{Signals, Stop};
 use julia_fcgi::status::{self, Report};
 use julia_fcgi::sysimage::command::{self as sysimage, BuildRequest};
 use julia_fcgi::sysimage::Base;
@@ -273,7 +273,7 @@ async fn serve(
         cgroups: cgroups.tree,
     };
     let (reports_tx, reports_rx) = watch::channel(Arc::new(Report::default()));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(Stop::No);
     let served = status::Served {
         reports: reports_rx,
         stopping: stop_rx.clone(),

@@ -3,6 +3,12 @@
 //! hands the pool the new one to roll over to ([`pool::Config`]: the
 //! worker spec, the pool's shape and its policies). An invalid one is
 //! refused with its reason, and the running one goes on.
+//!
+//! A stop is said in two steps ([`Stop`]): the first `SIGTERM` or `SIGINT`
+//! turns `/ready` to 503 at once and lets the workers serve on for the
+//! pool's `drain_delay`, so that a load balancer sees the 503 before any
+//! connection is refused; a second one ends that delay. A reload asked
+//! once a stop has begun is ignored: the pool is going away.
 
 use std::sync::Arc;
 
@@ -13,6 +19,27 @@ use crate::config::Settings;
 use crate::notify::Notifier;
 use crate::pool::{self, Shared};
 
+/// Where a stop is, as the status server and the pool see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stop {
+    /// No stop asked: serving.
+    #[default]
+    No,
+    /// A first `SIGTERM` or `SIGINT`: `/ready` says 503 from now; the
+    /// workers serve on through the drain delay, then are told to stop.
+    Draining,
+    /// Another one: the workers are told to stop now, whatever is left of
+    /// the drain delay.
+    Now,
+}
+
+impl Stop {
+    /// A stop has begun (`/ready` says 503).
+    pub fn begun(self) -> bool {
+        self != Stop::No
+    }
+}
+
 /// The task that waits for signals.
 pub struct Signals {
     pub cli: Cli,
@@ -21,7 +48,7 @@ pub struct Signals {
     pub running: Settings,
     pub shared: Shared,
     pub notifier: Arc<Notifier>,
-    pub stop: watch::Sender<bool>,
+    pub stop: watch::Sender<Stop>,
     pub reload: mpsc::UnboundedSender<pool::Config>,
 }
 
@@ -44,7 +71,15 @@ impl Signals {
             }
         }
         self.notifier.stopping();
-        let _ = self.stop.send(true);
+        let _ = self.stop.send(Stop::Draining);
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM again: stopping now"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT again: stopping now"); break; }
+                _ = hup.recv() => tracing::warn!("SIGHUP ignored: the pool is stopping"),
+            }
+        }
+        let _ = self.stop.send(Stop::Now);
     }
 
     fn reload(&mut self) {

@@ -2,7 +2,9 @@
 //! over plain HTTP, on the status socket and on the health listener
 //! (`health_listen`, here a second loopback address standing for a private
 //! interface), against the real daemon with real Julia workers; `/ready`
-//! turns 503 the moment a stop begins, while the workers still drain.
+//! turns 503 the moment a stop begins, while the workers serve on through
+//! the drain delay and then drain; many idle health clients do not starve
+//! a balancer's check.
 
 mod common;
 
@@ -181,6 +183,108 @@ fn ready_is_503_from_sigterm_while_the_workers_still_drain() {
     assert_eq!(response.body_text(), "finished");
     assert_eq!(d.wait_exit(Duration::from_secs(20)), Some(0));
     assert!(TcpStream::connect_timeout(&health, Duration::from_secs(1)).is_err());
+}
+
+/// Waits (briefly) for `/ready` on `health` to say 503, and returns its body.
+fn wait_not_ready(health: SocketAddr) -> String {
+    let since = Instant::now();
+    loop {
+        let (code, body) = tcp_get(health, "/ready");
+        if code != 200 {
+            assert_eq!(code, 503, "{body}");
+            return body;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(1),
+            "still ready 1 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn through_the_drain_delay_ready_is_503_and_pages_are_still_served() {
+    let (mut d, health) = with_health(1, "drain_delay = \"3s\"\n");
+    let hello = page(
+        d.dir.path(),
+        "hello.jl",
+        r#"print("Content-Type: text/plain\r\n\r\nhello")"#,
+    );
+    assert_eq!(fcgi::get(&d.addr, &hello, "").body_text(), "hello");
+    let workers = d.worker_pids();
+    d.signal(libc::SIGTERM);
+    let stopped_at = Instant::now();
+    let body = wait_not_ready(health);
+    assert!(body.starts_with("not ready: stopping"), "{body}");
+    d.wait_for_log(
+        "the workers serve on for 3s (drain_delay)",
+        Duration::from_secs(2),
+    );
+    // The balancer sees 503 while the pool still answers what reaches it.
+    let mut served = 0;
+    while stopped_at.elapsed() < Duration::from_millis(2500) {
+        let response = fcgi::get(&d.addr, &hello, "");
+        assert_eq!(response.body_text(), "hello", "during the drain delay");
+        served += 1;
+        assert_eq!(tcp_get(health, "/ready").0, 503);
+        assert_eq!(tcp_get(health, "/ping").0, 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(served >= 10, "{served} requests in 2.5 s");
+    assert_eq!(
+        d.worker_pids(),
+        workers,
+        "the same worker, never told to stop"
+    );
+    assert!(
+        d.child.try_wait().unwrap().is_none(),
+        "exited before the delay was over"
+    );
+    assert_eq!(d.wait_exit(Duration::from_secs(15)), Some(0));
+    let took = stopped_at.elapsed();
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(10),
+        "stopped {took:?} after SIGTERM with drain_delay = 3s"
+    );
+    let log = d.log_text();
+    let (delay, rest) = log
+        .split_once("drain delay over")
+        .expect("the delay's end said");
+    assert!(!delay.contains("stopping 1 worker(s)"), "{log}");
+    assert!(rest.contains("stopping 1 worker(s)"), "{log}");
+}
+
+#[test]
+fn a_second_signal_cuts_the_drain_delay_short() {
+    // 25 s + 10 s of grace: past the units' TimeoutStopSec, and said so.
+    let (mut d, health) = with_health(1, "drain_delay = \"25s\"\n");
+    d.wait_for_log(
+        "drain_delay (25s) + shutdown_grace (10s) = 35s, not under the units' TimeoutStopSec=30s",
+        Duration::from_secs(2),
+    );
+    let hello = page(
+        d.dir.path(),
+        "hello.jl",
+        r#"print("Content-Type: text/plain\r\n\r\nhello")"#,
+    );
+    d.signal(libc::SIGTERM);
+    wait_not_ready(health);
+    d.wait_for_log("serve on for 25s", Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(fcgi::get(&d.addr, &hello, "").body_text(), "hello");
+    let status = d.dir.path().join("status.sock");
+    assert_eq!(unix_get(&status, "/ready").0, 503);
+    d.signal(libc::SIGINT);
+    let second = Instant::now();
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(
+        second.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        second.elapsed()
+    );
+    let log = d.log_text();
+    assert!(log.contains("SIGINT again: stopping now"), "{log}");
+    assert!(log.contains("drain delay cut short"), "{log}");
 }
 
 #[test]

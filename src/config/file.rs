@@ -54,6 +54,9 @@ pub struct FileConfig {
     pub worker_start_timeout: Option<String>,
     /// How long a stop waits for requests in progress before killing.
     pub shutdown_grace: Option<String>,
+    /// How long the workers go on serving after `/ready` turned 503 at the
+    /// start of a stop, so that load balancers see it first.
+    pub drain_delay: Option<String>,
     /// Where the scoreboard lives (default: systemd's RUNTIME_DIRECTORY).
     pub runtime_dir: Option<PathBuf>,
     /// The status page's socket: a unix path or a loopback HOST:PORT

@@ -120,6 +120,9 @@ pub struct Settings {
     pub sysimage: crate::sysimage::Config,
     pub worker_start_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// From the stop signal to the workers being told to stop: `/ready`
+    /// says 503 meanwhile, and the workers go on serving.
+    pub drain_delay: Duration,
     /// The old `-s` socket, kept only to say that it is ignored.
     pub compat_socket: Option<PathBuf>,
     pub runtime_dir: PathBuf,
@@ -193,6 +196,12 @@ impl Settings {
             pool::resolve_pool(&file, env)?,
             pool::resolve_health(&file)?,
         );
+        let drain_delay = pool::resolve_drain_delay(
+            &file,
+            health_listen.is_some(),
+            shutdown_grace,
+            &mut warnings,
+        )?;
         Ok(Settings {
             listen: net.listen,
             julia,
@@ -210,6 +219,7 @@ impl Settings {
             sysimage,
             worker_start_timeout,
             shutdown_grace,
+            drain_delay,
             compat_socket: cli.socket.clone(),
             runtime_dir: net.runtime_dir,
             status_listen: net.status_listen,

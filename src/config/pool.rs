@@ -1,10 +1,12 @@
-//! The pool's name and its health listener: what tells one pool from the
-//! others on a host (`julia-fcgi@NAME`), and what a load balancer asks
-//! from another.
+//! The pool's name, its health listener and its drain delay: what tells
+//! one pool from the others on a host (`julia-fcgi@NAME`), what a load
+//! balancer asks from another, and how long a stop gives it to notice.
+
+use std::time::Duration;
 
 use super::environment::Environment;
 use super::file::FileConfig;
-use super::values::ListenAddr;
+use super::values::{duration, ListenAddr};
 use super::{invalid, ConfigError};
 
 /// The variable the template unit `julia-fcgi@.service` sets to its
@@ -111,6 +113,46 @@ pub(super) fn resolve_health(file: &FileConfig) -> Result<Option<ListenAddr>, Co
     })
 }
 
+/// The default drain delay with a health listener: HAProxy's recipe
+/// checks every second and marks a host down at the first 503, so two
+/// seconds cover a check and its answer. Without one nobody is asking
+/// `/ready` from elsewhere, and a stop does not wait at all.
+pub const DRAIN_DELAY_WITH_HEALTH: Duration = Duration::from_secs(2);
+
+/// What the shipped units give a stop (`TimeoutStopSec=30s`) before
+/// systemd kills what is left, and Kubernetes' default
+/// `terminationGracePeriodSeconds`.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `drain_delay`: how long the workers go on serving after `/ready` turned
+/// 503 at a stop's start. A delay that, with `shutdown_grace` after it,
+/// reaches [`STOP_TIMEOUT`] is valid (a drop-in may raise the unit's) but
+/// said: under the shipped units systemd would kill the pool mid-request.
+pub(super) fn resolve_drain_delay(
+    file: &FileConfig,
+    has_health_listener: bool,
+    shutdown_grace: Duration,
+    warnings: &mut Vec<String>,
+) -> Result<Duration, ConfigError> {
+    let default = if has_health_listener {
+        DRAIN_DELAY_WITH_HEALTH
+    } else {
+        Duration::ZERO
+    };
+    let delay = duration("drain_delay", file.drain_delay.as_deref(), default)?;
+    let stop = delay + shutdown_grace;
+    if stop >= STOP_TIMEOUT {
+        warnings.push(format!(
+            "drain_delay ({delay:?}) + shutdown_grace ({shutdown_grace:?}) = {stop:?}, not \
+             under the units' TimeoutStopSec=30s (and Kubernetes' default \
+             terminationGracePeriodSeconds): a stop would be killed before the workers \
+             finish; raise TimeoutStopSec above {stop:?} (systemctl edit julia-fcgi.service, \
+             or julia-fcgi@NAME.service) or shorten them"
+        ));
+    }
+    Ok(delay)
+}
+
 #[cfg(test)]
 mod tests {
     use nix::unistd::Uid;
@@ -177,6 +219,39 @@ mod tests {
             e.to_string()
                 .starts_with("invalid value for pool: from $JULIA_FCGI_POOL: \"x y\""),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn the_drain_delay_is_short_by_default_and_said_when_it_outlasts_the_stop() {
+        let grace = Duration::from_secs(10);
+        let delay = |toml: &str, health, warnings: &mut Vec<String>| {
+            resolve_drain_delay(&file(toml), health, grace, warnings)
+        };
+        let mut w = Vec::new();
+        assert_eq!(delay("", false, &mut w).unwrap(), Duration::ZERO);
+        assert_eq!(delay("", true, &mut w).unwrap(), Duration::from_secs(2));
+        let half = delay("drain_delay = \"500ms\"", true, &mut w).unwrap();
+        assert_eq!(half, Duration::from_millis(500));
+        let none = delay("drain_delay = \"0s\"", true, &mut w).unwrap();
+        assert_eq!(none, Duration::ZERO);
+        let long = delay("drain_delay = \"19s\"", false, &mut w).unwrap();
+        assert_eq!(long, Duration::from_secs(19));
+        let e = delay("drain_delay = \"soon\"", true, &mut w).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("invalid value for drain_delay: \"soon\": expected a duration"),
+            "{e}"
+        );
+        assert!(w.is_empty(), "{w:?}");
+        let too_long = delay("drain_delay = \"20s\"", false, &mut w).unwrap();
+        assert_eq!(too_long, Duration::from_secs(20));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("drain_delay (20s) + shutdown_grace (10s) = 30s")
+                && w[0].contains("raise TimeoutStopSec above 30s"),
+            "{}",
+            w[0]
         );
     }
 

@@ -16,6 +16,8 @@ pub struct Options {
     pub size: u32,
     pub start_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// How long the workers serve on once a stop has begun (`/ready` 503).
+    pub drain_delay: Duration,
     /// For the log: what the pool serves on.
     pub listening_on: String,
 }
@@ -64,6 +66,7 @@ impl Config {
             size: settings.workers.get(),
             start_timeout: settings.worker_start_timeout,
             shutdown_grace: settings.shutdown_grace,
+            drain_delay: settings.drain_delay,
             listening_on: shared.listening_on.clone(),
         };
         Config {

@@ -1,5 +1,6 @@
 //! Telling the truth about the pool: the watchdog ping and `STATUS=`, and
-//! the designed stop (tell every worker, wait out the grace, then kill).
+//! the designed stop (serve on through the drain delay while `/ready` says
+//! 503, then tell every worker, wait out the grace, then kill).
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use tokio::time::Instant;
 
 use super::life::{EndReason, Life};
 use super::restart::STORM_WINDOW;
-use super::{Event, Phase, Pool, Slot, OVERDUE};
+use super::{Event, Phase, Pool, Slot, Stop, OVERDUE};
 
 impl Pool {
     /// `WATCHDOG=1`, but only while the supervisor does its job. Sent from
@@ -28,10 +29,46 @@ impl Pool {
         }
     }
 
+    /// A stop was asked: whether the workers are to be told now. The first
+    /// one starts the drain delay instead, when there is one and some
+    /// worker was ever ready (a pool that never was has been 503 all along:
+    /// no balancer sends to it, nothing to wait for).
+    pub(super) fn stop_now(&mut self, stop: Stop) -> bool {
+        let delay = self.config.options.drain_delay;
+        match stop {
+            Stop::No => false,
+            Stop::Now if self.drain_until.is_some() => {
+                tracing::info!("drain delay cut short");
+                true
+            }
+            Stop::Draining if self.drain_until.is_some() => false,
+            Stop::Draining if !delay.is_zero() && self.ever_ready => {
+                self.drain_until = Some(Instant::now() + delay);
+                tracing::info!(
+                    "/ready answers 503 from now; the workers serve on for {delay:?} \
+                     (drain_delay) so that load balancers stop sending first, then stop \
+                     (another SIGTERM or SIGINT: at once)"
+                );
+                false
+            }
+            Stop::Draining | Stop::Now => true,
+        }
+    }
+
     pub(super) fn status_text(&self) -> String {
         let ready = self.slots.iter().filter(|s| s.is_ready()).count();
         let size = self.slots.len();
-        let mut text = match self.phase {
+        let mut text = match self.drain_until {
+            Some(until) => {
+                let left = until.saturating_duration_since(Instant::now());
+                format!(
+                    "stopping in {}s (drain_delay, /ready 503): ",
+                    left.as_secs() + 1
+                )
+            }
+            None => String::new(),
+        };
+        text += &match self.phase {
             Phase::Starting => format!("starting workers: {ready}/{size} ready"),
             Phase::Serving => format!("{ready}/{size} workers ready"),
             Phase::Reloading { .. } => {

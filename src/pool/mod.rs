@@ -34,6 +34,7 @@ use tokio::time::Instant;
 
 use crate::notify::Notifier;
 use crate::scoreboard::Scoreboard;
+use crate::signals::Stop;
 use crate::status::report::Report;
 use crate::status::stats::Stats;
 use crate::worker::{self, Event, Handle, LogLimiter};
@@ -92,6 +93,8 @@ pub struct Pool {
     /// Some worker of this pool was ready once: from now on a start failure
     /// is bad luck, never a setup error.
     ever_ready: bool,
+    /// A stop has begun and the workers serve on until then (`drain_delay`).
+    drain_until: Option<Instant>,
     slots: Vec<Slot>,
     /// Workers told to leave (rolled over, recycled, scaled down, stopping),
     /// until they exit. Each one is ending or killed.
@@ -123,6 +126,7 @@ impl Pool {
             generation: 1,
             phase: Phase::Starting,
             ever_ready: false,
+            drain_until: None,
             slots: (1..=config.options.size).map(Slot::new).collect(),
             leaving: Vec::new(),
             config,
@@ -138,11 +142,12 @@ impl Pool {
         }
     }
 
-    /// Runs the pool until `shutdown` turns true, then drains it. Each
-    /// configuration `reloads` brings is rolled out.
+    /// Runs the pool until `shutdown` says stop (and the drain delay, if
+    /// any, is over), then drains it. Each configuration `reloads` brings
+    /// is rolled out.
     pub async fn run(
         mut self,
-        mut shutdown: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<Stop>,
         mut reloads: mpsc::UnboundedReceiver<Config>,
         watchdog: Option<Duration>,
     ) -> Result<(), PoolError> {
@@ -172,11 +177,23 @@ impl Pool {
                     self.scan();
                 }
                 // A reload (RELOADING=1 until READY=1) runs against the same
-                // start timeout as a start: both warm workers up.
-                _ = extend.tick(), if !matches!(self.phase, Phase::Serving) => {
+                // start timeout as a start: both warm workers up. Never
+                // while stopping: that would stretch systemd's stop timeout.
+                _ = extend.tick(), if !matches!(self.phase, Phase::Serving)
+                    && self.drain_until.is_none() => {
                     self.notifier.extend_timeout(EXTEND_BY);
                 }
-                _ = shutdown.changed() => break,
+                changed = shutdown.changed() => {
+                    // No sender any more: nobody can say stop later.
+                    let stop = changed.map_or(Stop::Now, |()| *shutdown.borrow_and_update());
+                    if self.stop_now(stop) {
+                        break;
+                    }
+                }
+                _ = sleep_until(self.drain_until) => {
+                    tracing::info!("drain delay over");
+                    break;
+                }
             }
         }
         self.drain().await;

@@ -45,6 +45,7 @@ fn config(size: u32, supervision: Supervision) -> Config {
             size,
             start_timeout: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(10),
+            drain_delay: Duration::ZERO,
             listening_on: "unix:/test.sock".into(),
         },
         supervision,

@@ -4,9 +4,10 @@
 //! `/ping` says the master is up (liveness). `/ready` says whether sending
 //! requests here now makes sense: 200 only while at least one worker is
 //! warm (READY said, idle or busy) and the pool is not stopping. From the
-//! moment a stop begins (SIGTERM, `systemctl stop`) it is 503, while the
-//! workers still finish what they hold, so a balancer that checks it stops
-//! sending before the pool is gone.
+//! moment a stop begins (SIGTERM, `systemctl stop`) it is 503: through the
+//! drain delay, while the workers still serve, and while they finish what
+//! they hold, so a balancer that checks it stops sending before the pool
+//! refuses anything.
 
 use super::report::Report;
 

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use crate::config::PoolName;
 use crate::fastcgi::{self, EndRequest, Header, ProtocolStatus, RecordType};
 use crate::listen::StatusSocket;
+use crate::signals::Stop;
 use health::Readiness;
 pub use report::Report;
 
@@ -35,9 +36,10 @@ pub use report::Report;
 pub struct Served {
     /// The latest report the pool published.
     pub reports: watch::Receiver<Arc<Report>>,
-    /// The pool's own stop signal: true from the moment a stop begins,
-    /// while the workers still drain (the pool publishes no report then).
-    pub stopping: watch::Receiver<bool>,
+    /// The pool's own stop signal: begun from the first SIGTERM, through
+    /// the drain delay (the workers still serve) and while they drain (the
+    /// pool publishes no report then).
+    pub stopping: watch::Receiver<Stop>,
     /// The pool's name, for the status page and the metrics' label.
     pub pool: Option<PoolName>,
 }
@@ -198,7 +200,7 @@ pub fn page(path: &str, query: &str, served: &Served, scope: Scope) -> Page {
         return Page::ok("text/plain", "pong\n".into());
     }
     if path.ends_with("ready") {
-        let readiness = Readiness::of(&served.reports.borrow(), *served.stopping.borrow());
+        let readiness = Readiness::of(&served.reports.borrow(), served.stopping.borrow().begun());
         let status = if readiness.is_ready() {
             "200 OK"
         } else {
