@@ -105,22 +105,25 @@ fn status_command(cli: &Cli, args: &StatusArgs, env: &Environment) -> ExitCode {
     };
     if args.all {
         let dir = config::pools_dir(cli, env);
-        return match config::pools_in(&dir) {
+        return match config::pools_to_ask(cli, env) {
             Ok(pools) if !pools.is_empty() => status::client::run_all(&pools, args.json),
             Ok(_) => {
                 eprintln!(
-                    "julia-fcgi status: no pool's status socket in {} (NAME/status.sock); \
-                     is any julia-fcgi@NAME running (systemctl list-units 'julia-fcgi@*')? \
-                     Another directory with --runtime-dir DIR",
-                    dir.display()
+                    "julia-fcgi status: no pool's status socket in {} (NAME/status.sock), \
+                     and no pool file in {} that puts one elsewhere; is any julia-fcgi@NAME \
+                     running (systemctl list-units 'julia-fcgi@*')? Another directory with \
+                     --runtime-dir DIR",
+                    dir.display(),
+                    config::pool_files_dir(env).display()
                 );
                 ExitCode::FAILURE
             }
             Err(e) => {
                 eprintln!(
-                    "julia-fcgi status: cannot list the pools in {}: {e}; \
+                    "julia-fcgi status: cannot list the pools in {} or their files in {}: {e}; \
                      another directory with --runtime-dir DIR",
-                    dir.display()
+                    dir.display(),
+                    config::pool_files_dir(env).display()
                 );
                 ExitCode::FAILURE
             }

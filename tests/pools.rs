@@ -1,7 +1,8 @@
 //! Several pools on one host: each named (the template unit's
 //! `JULIA_FCGI_POOL`, or `pool` in its file), each with its own runtime
 //! directory in the pools' directory, found by `julia-fcgi status --pool
-//! NAME` and `--all`; real daemons with real Julia workers.
+//! NAME` and `--all` there or where its pool file's `status_listen` says;
+//! real daemons with real Julia workers.
 
 mod common;
 
@@ -16,10 +17,20 @@ struct Out {
     stderr: String,
 }
 
+/// `julia-fcgi status ARGS` with `pools` as the pools' runtime directory
+/// and no pool files (never the host's /etc/julia-fcgi).
 fn status(pools: &Path, args: &[&str]) -> Out {
+    let etc = tempfile::tempdir().unwrap();
+    status_with(pools, etc.path(), &[], args)
+}
+
+/// [`status`] with pool files in `etc`/pools and `top` flags before it.
+fn status_with(pools: &Path, etc: &Path, top: &[&str], args: &[&str]) -> Out {
     let out = Command::new(bin())
+        .env("JULIA_FCGI_CONFIG_DIR", etc)
         .arg("--runtime-dir")
         .arg(pools)
+        .args(top)
         .arg("status")
         .args(args)
         .output()
@@ -148,4 +159,55 @@ fn status_says_why_it_cannot_ask_a_pool() {
         assert_eq!(out.code, Some(2), "{args:?}: {}", out.stderr);
         assert!(out.stderr.contains("cannot be used with"), "{}", out.stderr);
     }
+}
+
+#[test]
+fn status_asks_a_pool_where_its_file_puts_the_status_socket() {
+    let port = common::free_port();
+    let toml = format!("pool = \"c\"\nstatus_listen = \"127.0.0.1:{port}\"\n");
+    let c = Daemon::start(Options {
+        config: Some(toml.clone()),
+        ..Options::default()
+    });
+    c.wait_for_log("status page and ping on", std::time::Duration::from_secs(5));
+    let (pools, etc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Without its file, the default place: nobody there.
+    let out = status_with(pools.path(), etc.path(), &[], &["--pool", "c"]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("c/status.sock"), "{}", out.stderr);
+    std::fs::create_dir(etc.path().join("pools")).unwrap();
+    let file = etc.path().join("pools/c.toml");
+    std::fs::write(&file, &toml).unwrap();
+    let out = status_with(pools.path(), etc.path(), &[], &["--pool", "c", "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["pool"], "c", "{json}");
+    // --all finds it by its file, though nothing of it is in the pools'
+    // runtime directory.
+    let out = status_with(pools.path(), etc.path(), &[], &["--all", "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let all: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(all[0]["pool"], "c", "{all}");
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    // -c names the pool's file instead.
+    let elsewhere = c.dir.path().join("elsewhere.toml");
+    std::fs::write(&elsewhere, &toml).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let top = ["-c", elsewhere.to_str().unwrap()];
+    let out = status_with(pools.path(), etc.path(), &top, &["--pool", "c", "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // A pool file that does not parse: where the socket is is not known.
+    std::fs::write(&file, "status_listen = 9\n").unwrap();
+    let out = status_with(pools.path(), etc.path(), &[], &["--pool", "c"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("invalid value for --pool: c: its pool file ")
+            && out.stderr.contains("c.toml does not parse")
+            && out.stderr.contains("--status-socket ADDR"),
+        "{}",
+        out.stderr
+    );
+    let out = status_with(pools.path(), etc.path(), &[], &["--all"]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("c.toml does not parse"), "{}", out.stderr);
 }

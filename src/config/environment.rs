@@ -31,6 +31,9 @@ const CONSULTED: &[&str] = &[
     "XDG_RUNTIME_DIR",
     // Set by julia-fcgi@.service to its instance name: the default `pool`.
     "JULIA_FCGI_POOL",
+    // Where `julia-fcgi status --pool` finds pool files (default
+    // /etc/julia-fcgi): tests and unusual layouts.
+    "JULIA_FCGI_CONFIG_DIR",
 ];
 
 /// The process's effective user and the variables in [`CONSULTED`], as they

@@ -37,7 +37,10 @@ pub use packages::{Depot, PackageName, Packages, Project};
 pub use paths::default_runtime_dir;
 pub use pool::{PoolName, POOL_VAR};
 pub use reload::Reloaded;
-pub use status::{default_status_socket, pool_status_socket, pools_dir, pools_in, status_target};
+pub use status::{
+    default_status_socket, pool_file, pool_files_dir, pool_status_socket, pool_target, pools_dir,
+    pools_in, pools_to_ask, status_target, CONFIG_DIR_VAR,
+};
 pub use supervision::{ProcessManager, Supervision};
 use values::{duration, parse_mode, status_addr};
 pub use values::{parse_duration, ListenAddr};

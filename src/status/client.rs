@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::{ListenAddr, PoolName};
+use crate::config::{ConfigError, ListenAddr, PoolName};
 
 /// How `julia-fcgi status` shows what it fetched.
 #[derive(Debug, Clone, Copy, Default)]
@@ -49,15 +49,20 @@ pub fn run(addr: &ListenAddr, unit: &str, show: Show) -> ExitCode {
     }
 }
 
-/// `julia-fcgi status --all`: asks every pool in `pools`, one after the
-/// other, and prints each (`json`: one JSON array). A pool that does not
-/// answer is said on stderr and makes the exit status 1; the others are
-/// printed all the same.
-pub fn run_all(pools: &[(PoolName, ListenAddr)], json: bool) -> ExitCode {
+/// `julia-fcgi status --all`: asks every pool in `pools` where it is (or
+/// says why not), one after the other, and prints each (`json`: one JSON
+/// array). A pool that does not answer, or whose socket is not known, is
+/// said on stderr and makes the exit status 1; the others are printed all
+/// the same.
+pub fn run_all(pools: &[(PoolName, Result<ListenAddr, ConfigError>)], json: bool) -> ExitCode {
     let mut failed = false;
     let mut reports = Vec::new();
-    for (name, addr) in pools {
-        match fetch_from(addr, &format!("julia-fcgi@{name}")) {
+    for (name, target) in pools {
+        let fetched = match target {
+            Ok(addr) => fetch_from(addr, &format!("julia-fcgi@{name}")),
+            Err(e) => Err(e.to_string()),
+        };
+        match fetched {
             Ok(report) if json => reports.push(report),
             Ok(report) => println!("{}", table(&report)),
             Err(e) => {
