@@ -287,6 +287,64 @@ fn a_second_signal_cuts_the_drain_delay_short() {
     assert!(log.contains("drain delay cut short"), "{log}");
 }
 
+/// The daemon's open file descriptors.
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn idle_clients_are_capped_and_do_not_keep_a_check_from_its_answer() {
+    let (d, health) = with_health(1, "");
+    let before = open_fds(d.pid());
+    // Far more idle connections than the cap (64), kept open, sending nothing.
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect_timeout(&health, Duration::from_secs(5)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let held = open_fds(d.pid()) - before;
+    assert!(
+        held <= 64,
+        "the daemon holds {held} more descriptors with 300 idle health clients"
+    );
+    // A check is answered at once, again and again, while they stay open.
+    for _ in 0..20 {
+        let asked = Instant::now();
+        assert_eq!(tcp_get(health, "/ping"), (200, "pong\n".into()));
+        assert_eq!(tcp_get(health, "/ready").0, 200);
+        assert!(
+            asked.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            asked.elapsed()
+        );
+    }
+    // The oldest idle ones were closed to make room (the newest are still
+    // waiting for their request).
+    let closed = idle
+        .iter()
+        .filter(|s| {
+            let mut s: &TcpStream = s;
+            s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+            match s.read(&mut [0u8; 1]) {
+                Ok(n) => n == 0,
+                Err(e) => !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+            }
+        })
+        .count();
+    assert!(closed >= 300 - 64, "{closed} of 300 idle clients closed");
+    assert!(
+        d.log_text()
+            .contains("health listener: more than 64 clients at once; ended the"),
+        "{}",
+        d.log_text()
+    );
+    drop(idle);
+}
+
 #[test]
 fn ready_is_503_until_a_worker_is_warm() {
     let dir = tempfile::tempdir().unwrap();

@@ -201,7 +201,8 @@ fn status_asks_a_pool_where_its_file_puts_the_status_socket() {
     let out = status_with(pools.path(), etc.path(), &[], &["--pool", "c"]);
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(
-        out.stderr.contains("invalid value for --pool: c: its pool file ")
+        out.stderr
+            .contains("invalid value for --pool: c: its pool file ")
             && out.stderr.contains("c.toml does not parse")
             && out.stderr.contains("--status-socket ADDR"),
         "{}",
@@ -209,5 +210,9 @@ fn status_asks_a_pool_where_its_file_puts_the_status_socket() {
     );
     let out = status_with(pools.path(), etc.path(), &[], &["--all"]);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
-    assert!(out.stderr.contains("c.toml does not parse"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("c.toml does not parse"),
+        "{}",
+        out.stderr
+    );
 }

@@ -10,8 +10,11 @@
 //! The health listener (`health_listen`, which may be on a private
 //! interface) answers `ping` and `ready` only: the status page shows every
 //! request's URI with its query string, so it stays on the status socket
-//! (a unix socket or the loopback).
+//! (a unix socket or the loopback). Each listener holds at most
+//! [`admission::MAX_CLIENTS`] clients at once, each for
+//! [`CLIENT_TIMEOUT`] at most.
 
+pub mod admission;
 pub mod client;
 pub mod health;
 pub mod report;
@@ -28,6 +31,7 @@ use crate::config::PoolName;
 use crate::fastcgi::{self, EndRequest, Header, ProtocolStatus, RecordType};
 use crate::listen::StatusSocket;
 use crate::signals::Stop;
+use admission::{Clients, Ticket, MAX_CLIENTS};
 use health::Readiness;
 pub use report::Report;
 
@@ -122,9 +126,14 @@ impl Accept for tokio::net::TcpListener {
 }
 
 async fn accept_loop<L: Accept>(listener: L, served: Served, scope: Scope) {
+    let name = match scope {
+        Scope::Status => "status socket",
+        Scope::Health => "health listener",
+    };
+    let clients = Clients::new(MAX_CLIENTS, name);
     loop {
         match listener.accept_one().await {
-            Ok(stream) => spawn_answer(stream, served.clone(), scope),
+            Ok(stream) => spawn_answer(stream, served.clone(), scope, clients.admit()),
             Err(e) => accept_failed(e).await,
         }
     }
@@ -136,13 +145,20 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-fn spawn_answer<S>(stream: S, served: Served, scope: Scope)
+/// Answers one client in a task of its own, within [`CLIENT_TIMEOUT`], or
+/// until a newer client takes its place ([`admission`]).
+fn spawn_answer<S>(stream: S, served: Served, scope: Scope, ticket: Ticket)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
-        if let Err(e) = tokio::time::timeout(CLIENT_TIMEOUT, answer(stream, &served, scope)).await {
-            tracing::debug!("status client too slow: {e}");
+        tokio::select! {
+            answered = tokio::time::timeout(CLIENT_TIMEOUT, answer(stream, &served, scope)) => {
+                if let Err(e) = answered {
+                    tracing::debug!("status client too slow: {e}");
+                }
+            }
+            () = ticket.ended() => tracing::debug!("status client ended for a newer one"),
         }
     });
 }
