@@ -166,6 +166,9 @@ pub struct SysimageBuildArgs {
     /// Julia's --cpu-target [default: native, this CPU only]
     #[arg(long, value_name = "TARGET")]
     pub cpu_target: Option<String>,
+    /// The C compiler that links the image (gcc or clang) [default: cc]
+    #[arg(long, value_name = "CC")]
+    pub cc: Option<PathBuf>,
     /// Build only when the image there does not fit the pool
     #[arg(long)]
     pub if_stale: bool,

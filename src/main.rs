@@ -174,6 +174,7 @@ fn sysimage_command(settings: &Settings, action: &SysimageAction) -> ExitCode {
                 base: args.base.as_deref().and_then(|b| Base::parse(b).ok()),
                 traces: args.traces.clone(),
                 cpu_target: args.cpu_target.clone(),
+                cc: args.cc.clone(),
                 if_stale: args.if_stale,
                 keep_work_dir: args.keep_work_dir,
             };
@@ -181,7 +182,7 @@ fn sysimage_command(settings: &Settings, action: &SysimageAction) -> ExitCode {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!(
-                        "sysimage build failed at {e}
+                        "sysimage build failed at {e}\n\
                          nothing was installed; the workers keep starting as before"
                     );
                     ExitCode::FAILURE

@@ -445,3 +445,40 @@ fn common_unprivileged_user() -> Option<String> {
         .find(|name| nix::unistd::User::from_name(name).ok().flatten().is_some())
         .map(String::from)
 }
+
+/// A machine without a C compiler (the package only recommends gcc) hears it
+/// before anything is compiled, which takes minutes, an hour on a slow CPU,
+/// and nothing is installed.
+#[test]
+fn a_sysimage_build_without_a_c_compiler_fails_at_once() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let output = out_dir.path().join("sysimage.so");
+    let out = run_valid_base(&[
+        "sysimage",
+        "build",
+        "--cc",
+        "no-such-cc-here",
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(1), "stderr: {}", out.stderr);
+    for needle in [
+        "checking that no-such-cc-here links against libjulia",
+        "sysimage build failed at link: no C compiler to link the image: `no-such-cc-here` is \
+         not installed. Install gcc (Debian, Ubuntu: apt install gcc",
+        "nothing was installed; the workers keep starting as before",
+    ] {
+        assert!(
+            out.stderr.contains(needle),
+            "{needle:?} not in: {}",
+            out.stderr
+        );
+    }
+    assert!(
+        !out.stderr.contains("recording what a worker compiles"),
+        "compiled before checking the linker: {}",
+        out.stderr
+    );
+    let left: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -406,7 +406,8 @@ fn deb_metadata() {
         !depends.contains("julia"),
         "Debian 12 has no julia to depend on: {depends}"
     );
-    assert_eq!(field("Recommends"), "nginx | httpd");
+    // gcc links the pool sysimage postinst builds.
+    assert_eq!(field("Recommends"), "nginx | httpd, gcc");
     assert_eq!(field("Pre-Depends"), "");
 
     let root = tempfile::tempdir().unwrap();
@@ -446,6 +447,11 @@ fn rpm_metadata() {
             .any(|r| r.contains("julia") && !r.starts_with("config(julia-fcgi)")),
         "{requires:?}"
     );
+    let recommends = run(Command::new("rpm")
+        .arg("-qp")
+        .arg("--recommends")
+        .arg(&p.rpm));
+    assert_eq!(recommends.trim(), "gcc", "gcc links the pool sysimage");
 }
 
 /// Runs a maintainer script with every command it may call replaced by a
@@ -534,6 +540,9 @@ fn deb_maintainer_scripts() {
         "systemctl try-reload-or-restart julia-fcgi.service",
         "STATE_DIRECTORY=/var/lib/julia-fcgi",
         "JULIA_FCGI_NO_SYSIMAGE",
+        // No compiler (gcc is only recommended): said at once, no build.
+        "elif ! command -v cc >/dev/null 2>&1; then",
+        "linking it needs a C compiler (apt install gcc)",
     ] {
         assert!(postinst.contains(needle), "postinst lacks {needle:?}");
     }
@@ -629,6 +638,7 @@ fn rpm_scriptlets() {
         "$jf status",
         "build --if-stale",
         "julia-fcgi-sysimage.service",
+        "linking it needs a C compiler (dnf install gcc)",
     ] {
         assert!(post.contains(needle), "%post lacks {needle:?}:\n{post}");
     }

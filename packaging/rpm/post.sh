@@ -18,6 +18,10 @@ if sh -c "$jf status" >/dev/null 2>&1; then
     echo "julia-fcgi: the pool sysimage is up to date"
 elif [ -n "${JULIA_FCGI_NO_SYSIMAGE:-}" ]; then
     echo "julia-fcgi: pool sysimage not built (JULIA_FCGI_NO_SYSIMAGE); workers start from source"
+elif ! command -v cc >/dev/null 2>&1; then
+    echo "julia-fcgi: pool sysimage not built: linking it needs a C compiler (dnf install gcc)," \
+        "then: julia-fcgi --config /etc/julia-fcgi/julia-fcgi.toml sysimage build;" \
+        "until then workers start from source"
 elif [ -d /run/systemd/system ]; then
     systemctl stop julia-fcgi-sysimage.service >/dev/null 2>&1 || :
     systemd-run --quiet --no-block --unit=julia-fcgi-sysimage.service \

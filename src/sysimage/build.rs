@@ -86,7 +86,7 @@ pub struct BuildOptions {
     pub traces: Vec<PathBuf>,
     /// Julia's `--cpu-target`; `native` (the default) runs on this CPU only.
     pub cpu_target: String,
-    /// The C compiler that links the image.
+    /// The C compiler that links the image (`cc` on PATH by default).
     pub cc: PathBuf,
     /// How long a worker may take to become ready (trace and check).
     pub start_timeout: Duration,
@@ -226,6 +226,11 @@ fn build_in(
     let sources =
         metadata::worker_sources(worker_dir).map_err(|e| fail("worker")(e.to_string()))?;
     let julia = julia_identity(opts, &facts)?;
+    progress(&format!(
+        "checking that {} links against libjulia",
+        opts.cc.display()
+    ));
+    check_linker(opts, &facts, work)?;
 
     progress("recording what a worker compiles while it warms up and serves (--trace-compile)");
     let trace_file = work.join("worker-trace.jl");
@@ -664,24 +669,60 @@ fn compile(
 /// Step 5. `--whole-archive`: every symbol of the object stays, as julia
 /// looks its tables up by name at start-up.
 fn link(opts: &BuildOptions, facts: &Facts, object: &Path, out: &Path) -> Result<(), BuildError> {
-    let output = Command::new(&opts.cc)
+    let mut cc = Command::new(&opts.cc);
+    cc.arg("-Wl,--whole-archive")
+        .arg(object)
+        .arg("-Wl,--no-whole-archive");
+    run_linker(opts, facts, cc, out)
+}
+
+/// Before anything is compiled (which takes minutes, an hour on a slow
+/// CPU): the C compiler links an empty shared object against libjulia, so
+/// that a machine without one (a minimal server: the package only
+/// recommends gcc) hears it at once and what to do.
+fn check_linker(opts: &BuildOptions, facts: &Facts, work: &Path) -> Result<(), BuildError> {
+    let mut cc = Command::new(&opts.cc);
+    // An empty C file; `-x none` so that julia's libraries after it are
+    // linked, not compiled.
+    cc.args(["-x", "c", "/dev/null", "-x", "none"]);
+    run_linker(opts, facts, cc, &work.join("link-check.so"))
+}
+
+/// `cc` (with its inputs already given) `-shared -o out` against julia's
+/// libraries.
+fn run_linker(
+    opts: &BuildOptions,
+    facts: &Facts,
+    mut cc: Command,
+    out: &Path,
+) -> Result<(), BuildError> {
+    let output = cc
         .arg("-shared")
         .arg("-o")
         .arg(out)
-        .arg("-Wl,--whole-archive")
-        .arg(object)
-        .arg("-Wl,--no-whole-archive")
         .args(&facts.libraries)
         .arg("-Wl,-z,noexecstack")
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| fail("link")(format!("cannot run {}: {e}", opts.cc.display())))?;
+        .map_err(|e| {
+            let why = if e.kind() == std::io::ErrorKind::NotFound {
+                format!(
+                    "no C compiler to link the image: `{}` is not installed. Install gcc \
+                     (Debian, Ubuntu: apt install gcc; Fedora, RHEL: dnf install gcc) or name \
+                     another one with --cc",
+                    opts.cc.display()
+                )
+            } else {
+                format!("cannot run {}: {e}", opts.cc.display())
+            };
+            fail("link")(why)
+        })?;
     if !output.status.success() {
         return Err(fail("link")(format!(
             "{} ({}): {}",
             opts.cc.display(),
             output.status,
-            String::from_utf8_lossy(&output.stderr)
+            last_lines(&String::from_utf8_lossy(&output.stderr), 20)
         )));
     }
     Ok(())
@@ -731,6 +772,18 @@ fn merge_statements(files: &[PathBuf], out: &Path) -> Result<(), String> {
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
         .map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))
+}
+
+/// The end of a tool's complaint: the first error and its context are
+/// usually there, and a linker fed the wrong file prints megabytes.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    let skip = lines.len().saturating_sub(n);
+    let mut out = lines[skip..].join("\n");
+    if skip > 0 {
+        out.insert_str(0, &format!("({skip} lines before) …\n"));
+    }
+    out
 }
 
 fn unix_now() -> u64 {

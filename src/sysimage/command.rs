@@ -32,6 +32,8 @@ pub struct BuildRequest {
     /// More statement files or trace directories (besides `sysimage_trace`).
     pub traces: Vec<PathBuf>,
     pub cpu_target: Option<String>,
+    /// The C compiler that links the image [default: `cc`].
+    pub cc: Option<PathBuf>,
     /// Build only when the image there does not fit the pool.
     pub if_stale: bool,
     pub keep_work_dir: bool,
@@ -89,6 +91,9 @@ pub fn build_command(pool: &Pool, request: &BuildRequest) -> Result<bool, BuildE
     opts.traces = traces;
     if let Some(target) = &request.cpu_target {
         opts.cpu_target = target.clone();
+    }
+    if let Some(cc) = &request.cc {
+        opts.cc = cc.clone();
     }
     opts.keep_work_dir = request.keep_work_dir;
     // The build's workers start with --compiled-modules=no and, under the

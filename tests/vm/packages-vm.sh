@@ -258,6 +258,24 @@ else
     systemctl stop julia-fcgi-sysimage.service
 fi
 
+echo "== without a C compiler (the package only recommends gcc)"
+# Said before anything is compiled (which takes ~50 min here), and nothing
+# is installed.
+IMAGE_BEFORE=$(stat -c %Y /var/cache/julia-fcgi/sysimage.so 2>/dev/null || echo none)
+CC_LINK=$(command -v cc)
+mv "$CC_LINK" "$CC_LINK.away"
+STATE_DIRECTORY=/var/lib/julia-fcgi julia-fcgi --config /etc/julia-fcgi/julia-fcgi.toml sysimage build > /tmp/nocc.out 2>&1; rc=$?
+mv "$CC_LINK.away" "$CC_LINK"
+cat /tmp/nocc.out
+check "the build fails (exit 1)" test "$rc" = 1
+check "it says a C compiler is missing and how to install one" \
+    grep -q 'no C compiler to link the image: `cc` is not installed. Install gcc (Debian, Ubuntu: apt install gcc' /tmp/nocc.out
+check "before compiling anything" bash -c '! grep -q "recording what a worker compiles" /tmp/nocc.out'
+check "nothing installed" \
+    test "$(stat -c %Y /var/cache/julia-fcgi/sysimage.so 2>/dev/null || echo none)" = "$IMAGE_BEFORE"
+check "no work directory left (the stopped build's removed too)" \
+    bash -c '! ls -a /var/cache/julia-fcgi 2>/dev/null | grep -q sysimage-build'
+
 echo "== a missing Julia is explained"
 systemctl stop julia-fcgi.service
 mv /usr/bin/julia /usr/bin/julia.away
