@@ -1,8 +1,8 @@
-//! The pool sysimage, built for real (once for all of this file's test
-//! processes, ~3-5 min on a busy 2-core machine, then kept in
-//! target/test-sysimage while its sources are unchanged): a copy of the
-//! worker with the example project's local package `Greeting` compiled in. Then: the real master serves pages from
-//! it; the worker's own test suite runs against the image's modules; a
+//! The pool sysimage, built for real (tests/common/sysimage.rs: once for
+//! every test process that needs it, ~3-5 min on a busy 2-core machine,
+//! then kept in target/test-sysimage while its sources are unchanged): a
+//! copy of the worker with the example project's local package `Greeting`
+//! compiled in. Then: the real master serves pages from it; the worker's own test suite runs against the image's modules; a
 //! stale image is refused with a reason; a project page finds its package
 //! in the image without precompiling anything.
 //!
@@ -12,246 +12,13 @@
 
 mod common;
 
-use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::fcgi::{self, Request};
-use common::Daemon;
-use julia_fcgi::sysimage::{self, BuildOptions, Image, Inputs};
-
-/// The image and what it was built from. Built once for every test process
-/// (nextest runs each test in a process of its own; a build takes minutes)
-/// and kept in `target/test-sysimage/` between runs for as long as the
-/// worker and the example project are unchanged.
-struct Fixture {
-    /// Per-process scratch space (twins of the image).
-    scratch: tempfile::TempDir,
-    root: PathBuf,
-    /// The worker's copy the image was built from.
-    worker_file: PathBuf,
-    project: PathBuf,
-    depot: PathBuf,
-    image: PathBuf,
-    /// `julia -J image "$@"`.
-    image_julia: PathBuf,
-    env: Vec<(OsString, OsString)>,
-    source_ready: Duration,
-    image_ready: Duration,
-}
-
-/// What the fixture copies from the repository: (from, to under the root).
-fn sources() -> Vec<(PathBuf, &'static str)> {
-    let repo = common::repo();
-    vec![
-        (repo.join("julia/worker.jl"), "julia/worker.jl"),
-        (repo.join("julia/src"), "julia/src"),
-        (repo.join("julia/build"), "julia/build"),
-        (repo.join("julia/test"), "julia/test"),
-        // The worker's tests serve the example pages next to it.
-        (common::examples(), "examples"),
-        (common::examples().join("project"), "project"),
-    ]
-}
-
-/// The same files with the same contents (a file or a tree).
-fn same_tree(a: &Path, b: &Path) -> bool {
-    if a.is_file() {
-        return std::fs::read(a).ok() == std::fs::read(b).ok();
-    }
-    let files = |dir: &Path| -> Vec<PathBuf> {
-        let mut all: Vec<PathBuf> = common::files_under(dir)
-            .into_iter()
-            .filter(|p| p.is_file())
-            .map(|p| p.strip_prefix(dir).unwrap().to_owned())
-            .collect();
-        all.sort();
-        all
-    };
-    let names = files(a);
-    names == files(b)
-        && names
-            .iter()
-            .all(|n| std::fs::read(a.join(n)).ok() == std::fs::read(b.join(n)).ok())
-}
-
-/// An exclusive lock on `path`, held until the file is dropped.
-fn lock(path: &Path) -> std::fs::File {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::File::create(path).unwrap();
-    // SAFETY: flock on a descriptor this function owns.
-    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
-    file
-}
-
-fn fixture() -> &'static Fixture {
-    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        let root = common::repo().join("target/test-sysimage");
-        std::fs::create_dir_all(&root).unwrap();
-        let root = std::fs::canonicalize(root).unwrap();
-        let _lock = lock(&root.join(".lock"));
-        let depot = root.join("depot");
-        let worker_file = root.join("julia/worker.jl");
-        let project = root.join("project");
-        let env: Vec<(OsString, OsString)> = [
-            ("HOME", root.clone().into_os_string()),
-            ("PATH", "/usr/local/bin:/usr/bin:/bin".into()),
-            ("JULIA_NUM_THREADS", "1".into()),
-            ("JULIA_PROJECT", project.clone().into_os_string()),
-            ("JULIA_DEPOT_PATH", format!("{}:", depot.display()).into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.into(), v))
-        .collect();
-        let image = root.join("image/sysimage.so");
-        let times_file = root.join("image/ready-times");
-        let inputs = Inputs::new(&common::julia(), &worker_file, &["Greeting".into()], &env);
-        let kept = sources()
-            .iter()
-            .all(|(from, to)| same_tree(from, &root.join(to)))
-            && Image::check(&image, &inputs).is_ok();
-        let kept_times = std::fs::read_to_string(&times_file)
-            .ok()
-            .and_then(|text| {
-                let (a, b) = text.trim().split_once(' ')?;
-                Some((a.parse::<f64>().ok()?, b.parse::<f64>().ok()?))
-            })
-            .filter(|_| kept);
-        let (source_ready, image_ready) = match kept_times {
-            Some((source, image)) => {
-                eprintln!("the image in {} is up to date: not rebuilt", root.display());
-                (
-                    Duration::from_secs_f64(source),
-                    Duration::from_secs_f64(image),
-                )
-            }
-            None => {
-                for part in ["julia", "examples", "project", "depot", "image"] {
-                    let _ = std::fs::remove_dir_all(root.join(part));
-                }
-                for (from, to) in sources() {
-                    if from.is_dir() {
-                        common::copy_dir(&from, &root.join(to));
-                    } else {
-                        std::fs::create_dir_all(root.join(to).parent().unwrap()).unwrap();
-                        std::fs::copy(&from, root.join(to)).unwrap();
-                    }
-                }
-                std::fs::create_dir_all(&depot).unwrap();
-                let mut opts =
-                    BuildOptions::new(&common::julia(), &worker_file, env.clone(), &image);
-                opts.packages = vec!["Greeting".into()];
-                let t0 = Instant::now();
-                let built = sysimage::build(&opts, &mut |line| {
-                    eprintln!("[build {:5.0} s] {line}", t0.elapsed().as_secs_f64())
-                })
-                .unwrap_or_else(|e| panic!("the image did not build: {e}"));
-                std::fs::write(
-                    &times_file,
-                    format!(
-                        "{} {}\n",
-                        built.source_ready.as_secs_f64(),
-                        built.image_ready.as_secs_f64()
-                    ),
-                )
-                .unwrap();
-                (built.source_ready, built.image_ready)
-            }
-        };
-        let image_julia = root.join("julia-with-image");
-        std::fs::write(
-            &image_julia,
-            format!(
-                "#!/bin/sh\nexec {} -J {} \"$@\"\n",
-                common::julia().display(),
-                image.display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&image_julia, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Fixture {
-            scratch: tempfile::tempdir().unwrap(),
-            root,
-            worker_file,
-            project,
-            depot,
-            image,
-            image_julia,
-            env,
-            source_ready,
-            image_ready,
-        }
-    })
-}
-
-impl Fixture {
-    fn inputs(&self) -> Inputs {
-        Inputs::new(
-            &common::julia(),
-            &self.worker_file,
-            &["Greeting".into()],
-            &self.env,
-        )
-    }
-
-    /// The real master with `sysimage` set to the fixture's image, once it
-    /// says its workers start from it.
-    fn daemon_on_image(&self, config: &str) -> Daemon {
-        let d = self.daemon(
-            &common::julia(),
-            &format!(
-                "sysimage = {:?}\nsysimage_packages = [\"Greeting\"]\n{config}",
-                self.image.display().to_string()
-            ),
-        );
-        d.wait_for_log(
-            "workers start from the pool sysimage",
-            Duration::from_secs(5),
-        );
-        d
-    }
-
-    /// The real master, its workers on `julia`.
-    fn daemon(&self, julia: &Path, config: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("fcgi.sock");
-        let config_file = dir.path().join("julia-fcgi.toml");
-        std::fs::write(
-            &config_file,
-            format!(
-                "project = {:?}\ndepot = {:?}\n{config}",
-                self.project.display().to_string(),
-                self.depot.display().to_string()
-            ),
-        )
-        .unwrap();
-        let mut cmd = std::process::Command::new(common::bin());
-        cmd.arg("-l")
-            .arg(&sock)
-            .arg("-b")
-            .arg(julia)
-            .arg("-v")
-            .arg(&self.worker_file)
-            .arg("-w")
-            .arg("1")
-            .arg("-h")
-            .arg(dir.path())
-            .arg("--socket-mode")
-            .arg("0600")
-            .arg("--runtime-dir")
-            .arg(dir.path())
-            .arg("--config")
-            .arg(&config_file)
-            .args(common::root_flag());
-        let daemon = Daemon::spawn(cmd, common::Addr::Unix(sock), dir);
-        daemon.wait_for_log("ready:", common::READY_TIMEOUT);
-        daemon
-    }
-}
+use common::sysimage::{fixture, Fixture};
+use julia_fcgi::sysimage::{self, Image, Inputs};
 
 fn page(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
@@ -267,7 +34,7 @@ fn the_image_serves_pages() {
         f.image_ready.as_secs_f64(),
         f.source_ready.as_secs_f64()
     );
-    let d = f.daemon_on_image("");
+    let d = f.daemon_on_image(1, "");
     let pages = d.dir.path();
     let addr = &d.addr;
 
@@ -330,7 +97,7 @@ fn the_image_serves_pages() {
 #[test]
 fn a_project_package_comes_from_the_image() {
     let f = fixture();
-    let d = f.daemon_on_image("preload = [\"Greeting\"]\n");
+    let d = f.daemon_on_image(1, "preload = [\"Greeting\"]\n");
     let r = fcgi::get(&d.addr, &f.project.join("greet.jl"), "image");
     assert_eq!(r.status(), 200, "{}", r.body_text());
     assert!(r.body_text().contains("image"), "{}", r.body_text());
@@ -449,6 +216,7 @@ fn the_master_uses_a_valid_image_and_refuses_a_stale_one() {
     let f = fixture();
     let d = f.daemon(
         &common::julia(),
+        1,
         &format!(
             "sysimage = {:?}\nsysimage_packages = [\"Greeting\"]\n",
             f.image.display().to_string()
@@ -466,6 +234,7 @@ fn the_master_uses_a_valid_image_and_refuses_a_stale_one() {
     let (_, image) = twin(f, "stale-wired");
     let d = f.daemon(
         &common::julia(),
+        1,
         &format!(
             "sysimage = {:?}\nsysimage_packages = [\"Greeting\"]\n",
             image.display().to_string()

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fcgi;
+pub mod sysimage;
 pub mod web;
 
 use std::io::{BufRead, BufReader};
