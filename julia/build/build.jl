@@ -100,6 +100,10 @@ function type_ok(x)::Bool
     x isa Expr || return false
     h, a = x.head, x.args
     h === :. && return length(a) == 2 && type_ok(a[1]) && a[2] isa QuoteNode && a[2].value isa Symbol
+    # `Char(0x79000000)` and `Symbol("yyyy-mm-dd")`: a character or symbol
+    # parameter (Dates' DateFormat{Symbol("yyyy-mm-dd"), …DatePart{'y'}…}).
+    h === :call && length(a) == 2 && a[1] === :Char && return a[2] isa Unsigned
+    h === :call && length(a) == 2 && a[1] === :Symbol && return a[2] isa String
     h === :call && return length(a) == 2 && a[1] === :typeof && type_ok(a[2])
     h in (:curly, :where, :tuple, :<:, :>:) && return all(type_ok, a)
     return false
@@ -114,7 +118,16 @@ function statement_type(line::AbstractString)
     end
     ex isa Expr && ex.head === :call && length(ex.args) == 2 && ex.args[1] === :precompile ||
         return nothing
-    return type_ok(ex.args[2]) ? ex.args[2] : nothing
+    return type_ok(ex.args[2]) ? chars(ex.args[2]) : nothing
+end
+
+"""julia's trace writes a `Char` parameter as `Char(0x79000000)`: its bits,
+not its code point (`'y'`)."""
+chars(x) = x
+function chars(x::Expr)
+    x.head === :call && x.args[1] === :Char && x.args[2] isa Unsigned &&
+        return reinterpret(Char, UInt32(x.args[2]))
+    return Expr(x.head, map(chars, x.args)...)
 end
 
 """A module in which every loaded module's name means that module, as in

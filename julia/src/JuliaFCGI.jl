@@ -22,6 +22,7 @@ Modules, bottom-up:
 | `Transform` | static analysis of a page: handler / compiled / fallback |
 | `Loader`    | parse, plan and load a page into its own module |
 | `Params`    | CGI variable fix-ups: Apache's `proxy:fcgi://` prefix, PATH_INFO split, QUERY_STRING |
+| `Trace`     | with `sysimage_trace`: what a page's function calls, as precompile statements |
 | `Pages`     | the CGI runtime: checks, page cache, running a page, errors |
 | `Scoreboard`| this worker's slot in the master's shared scoreboard: busy from a request's accept |
 | `Connection`| connection layer: one connection's buffer, non-blocking reads, records, sends |
@@ -73,6 +74,7 @@ include("Env.jl")
 include("Transform.jl")
 include("Loader.jl")
 include("Params.jl")
+include("Trace.jl")
 include("Pages.jl")
 include("Scoreboard.jl")
 include("Connection.jl")

@@ -20,6 +20,7 @@ using ..Output: ResponseIO
 using ..Env
 using ..Stdio
 using ..Isolation
+using ..Trace
 using ..Loader
 using ..Loader: Page, PageExit
 
@@ -213,6 +214,19 @@ function call_page(page::Page)
         end
     else
         Base.invokelatest(page.fn)
+        Trace.FILE[] === nothing || trace!(page)
+    end
+    return nothing
+end
+
+"""With `sysimage_trace`: what the page's function calls, for the next
+image (`Trace`). Never the page's failure."""
+function trace!(page::Page)
+    try
+        Trace.record(page.fn, parentmodule(page.fn))
+    catch e
+        Log.warn("could not record what the page calls for the pool sysimage: " *
+                 sprint(showerror, e), "SCRIPT_FILENAME" => page.path)
     end
     return nothing
 end

@@ -5,6 +5,7 @@
 #               runtime, in process
 # params.jl     CGI variable fix-ups and kept connections, in process
 # deadlines.jl  a request's deadlines and parked connections, in process
+# trace.jl      what a page's function calls, recorded for the pool sysimage
 # roundtrip.jl  real worker processes on a unix socket, raw FastCGI
 # stdio.jl      a page's fds 0-2 and streams, against a real worker
 # image.jl      on the pool sysimage only: process state is the process's
@@ -32,6 +33,7 @@ STDIO === nothing || atexit(() -> process_running(STDIO[2].proc) && kill(STDIO[2
     include("pages.jl")
     include("params.jl")
     include("deadlines.jl")
+    include("trace.jl")
     FROM_IMAGE && include("image.jl")
     ROUNDTRIP_ENABLED && run_roundtrip_tests()
     ROUNDTRIP_ENABLED && run_stdio_tests()
