@@ -389,6 +389,20 @@ fn ready_is_503_until_a_worker_is_warm() {
         "not ready: no warm worker (1 starting or restarting)\n"
     );
     assert_eq!(tcp_get(health, "/ping"), (200, "pong\n".into()));
+    // A stop neither waits out a drain delay (no worker could serve) nor
+    // the grace period (a worker still starting holds no request).
+    let mut d = d;
+    d.signal(libc::SIGTERM);
+    let stopped_at = Instant::now();
+    assert_eq!(d.wait_exit(Duration::from_secs(15)), Some(0));
+    let took = stopped_at.elapsed();
+    assert!(took < Duration::from_secs(3), "stopped after {took:?}");
+    let log = d.log_text();
+    assert!(
+        log.contains("worker still starting: killed, it holds no request"),
+        "{log}"
+    );
+    assert!(!log.contains("drain_delay"), "{log}");
 }
 
 #[test]

@@ -31,8 +31,8 @@ impl Pool {
 
     /// A stop was asked: whether the workers are to be told now. The first
     /// one starts the drain delay instead, when there is one and some
-    /// worker was ever ready (a pool that never was has been 503 all along:
-    /// no balancer sends to it, nothing to wait for).
+    /// worker is ready (with none, `/ready` has been 503 already and no
+    /// worker could serve what a balancer still sent: nothing to wait for).
     pub(super) fn stop_now(&mut self, stop: Stop) -> bool {
         let delay = self.config.options.drain_delay;
         match stop {
@@ -42,7 +42,7 @@ impl Pool {
                 true
             }
             Stop::Draining if self.drain_until.is_some() => false,
-            Stop::Draining if !delay.is_zero() && self.ever_ready => {
+            Stop::Draining if !delay.is_zero() && self.slots.iter().any(Slot::is_ready) => {
                 self.drain_until = Some(Instant::now() + delay);
                 tracing::info!(
                     "/ready answers 503 from now; the workers serve on for {delay:?} \
@@ -125,13 +125,26 @@ impl Pool {
     }
 
     /// Tells every worker to stop, waits for them up to the grace period,
-    /// then kills what is left.
+    /// then kills what is left. A worker still starting holds no request
+    /// (it accepts only once warm), so it is killed at once rather than
+    /// waited for: a stop while one warms up would otherwise take the
+    /// whole grace period.
     pub(super) async fn drain(&mut self) {
         self.notifier.stopping();
         let grace = self.config.options.shutdown_grace;
+        let now = Instant::now();
         for slot in std::mem::take(&mut self.slots) {
             for worker in slot.into_workers() {
+                let starting = matches!(worker.life, Life::Spawning { .. });
                 self.leave(worker, EndReason::Shutdown);
+                if let Some(worker) = self.leaving.last_mut().filter(|_| starting) {
+                    let _ = worker.kill(now);
+                    tracing::info!(
+                        worker = worker.handle.slot,
+                        worker_pid = worker.handle.pid,
+                        "worker still starting: killed, it holds no request"
+                    );
+                }
             }
         }
         tracing::info!(
