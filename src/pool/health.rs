@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::life::{EndReason, Life};
+use crate::scoreboard::State;
+
+use super::life::{EndReason, Life, Worker};
 use super::restart::STORM_WINDOW;
 use super::{Event, Phase, Pool, Slot, Stop, OVERDUE};
 
@@ -124,6 +126,22 @@ impl Pool {
         self.notifier.status(&self.status_text());
     }
 
+    /// Whether `worker` is still warming up for sure: it has not said READY
+    /// and its scoreboard slot, which it marks idle before it says READY and
+    /// before its first accept, says starting too (a READY on its way, or
+    /// not yet read, cannot hide a worker that serves already).
+    fn still_starting(&self, worker: &Worker) -> bool {
+        if !matches!(worker.life, Life::Spawning { .. }) {
+            return false;
+        }
+        match (self.board.as_ref(), worker.handle.board_slot) {
+            (Some(board), Some(slot)) => board
+                .read(slot)
+                .is_some_and(|s| matches!(s.state, State::Starting | State::Free)),
+            _ => true,
+        }
+    }
+
     /// Tells every worker to stop, waits for them up to the grace period,
     /// then kills what is left. A worker still starting holds no request
     /// (it accepts only once warm), so it is killed at once rather than
@@ -135,7 +153,7 @@ impl Pool {
         let now = Instant::now();
         for slot in std::mem::take(&mut self.slots) {
             for worker in slot.into_workers() {
-                let starting = matches!(worker.life, Life::Spawning { .. });
+                let starting = self.still_starting(&worker);
                 self.leave(worker, EndReason::Shutdown);
                 if let Some(worker) = self.leaving.last_mut().filter(|_| starting) {
                     let _ = worker.kill(now);
