@@ -482,3 +482,42 @@ fn a_sysimage_build_without_a_c_compiler_fails_at_once() {
     let left: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// A compiler that cannot link (gcc without libc6-dev: `apt install gcc`
+/// with --no-install-recommends) is found out the same way.
+#[test]
+fn a_sysimage_build_whose_compiler_cannot_link_fails_at_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cc = dir.path().join("cc");
+    std::fs::write(
+        &cc,
+        "#!/bin/sh\necho '/usr/bin/ld: cannot find crti.o: No such file or directory' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = dir.path().join("out/sysimage.so");
+    let out = run_valid_base(&[
+        "sysimage",
+        "build",
+        "--cc",
+        cc.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(1), "stderr: {}", out.stderr);
+    for needle in [
+        "cannot link an empty shared object against libjulia, so it could not link the image \
+         either",
+        "apt install libc6-dev",
+        "cannot find crti.o",
+    ] {
+        assert!(
+            out.stderr.contains(needle),
+            "{needle:?} not in: {}",
+            out.stderr
+        );
+    }
+    assert!(!out.stderr.contains("recording what a worker compiles"));
+    assert!(!output.exists());
+}

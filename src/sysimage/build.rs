@@ -685,7 +685,19 @@ fn check_linker(opts: &BuildOptions, facts: &Facts, work: &Path) -> Result<(), B
     // An empty C file; `-x none` so that julia's libraries after it are
     // linked, not compiled.
     cc.args(["-x", "c", "/dev/null", "-x", "none"]);
-    run_linker(opts, facts, cc, &work.join("link-check.so"))
+    run_linker(opts, facts, cc, &work.join("link-check.so")).map_err(|e| match e {
+        BuildError::Step { step, why } if !why.starts_with("no C compiler") => BuildError::Step {
+            step,
+            why: format!(
+                "{} cannot link an empty shared object against libjulia, so it could not link \
+                 the image either (a compiler without the C library's development files? \
+                 Debian, Ubuntu: apt install libc6-dev; Fedora, RHEL: dnf install glibc-devel): \
+                 {why}",
+                opts.cc.display()
+            ),
+        },
+        e => e,
+    })
 }
 
 /// `cc` (with its inputs already given) `-shared -o out` against julia's
