@@ -31,8 +31,12 @@ function start_roundtrip_workers()
     www = realpath(mktempdir())
     write(joinpath(www, "ok.jl"), "print(\"Content-Type: text/plain\\r\\n\\r\\nok\")")
     write(joinpath(www, "side.jl"), "open(joinpath(@__DIR__, \"ran\"), \"a\") do io; println(io, 1); end\nprint(\"ran\")")
+    # Connections parked on w stay until the test closes them, however
+    # slow the machine: first_byte_timeout and header_timeout of 30 s.
     w = start_worker(Dict("JULIA_FCGI_DOC_ROOTS" => "$www:$EXAMPLES", "JULIA_FCGI_MAX_BODY" => "100000",
-                          "JULIA_FCGI_MAX_PARAMS" => "20000", "JULIA_FCGI_READ_TIMEOUT" => "2");
+                          "JULIA_FCGI_MAX_PARAMS" => "20000", "JULIA_FCGI_READ_TIMEOUT" => "2",
+                          "JULIA_FCGI_FIRST_BYTE_TIMEOUT_MS" => "30000",
+                          "JULIA_FCGI_HEADER_TIMEOUT_MS" => "30000");
                      slot=1)
     w2 = start_worker(Dict("JULIA_FCGI_DEV" => "1"))
     w3 = start_worker(; control=false)
@@ -131,7 +135,7 @@ function run_roundtrip_tests()
             @test TestClient.read_slot(w.board, 1).parked == 0
             silent = [connect_unix(w.sock) for _ in 1:3]
             @test hello_ok(w)
-            slot = TestClient.wait_slot(w.board, 1, s -> s.parked == 3; timeout=1.5)
+            slot = TestClient.wait_slot(w.board, 1, s -> s.parked == 3; timeout=10)
             @test slot.parked == 3 && slot.state == 2
             send_bytes(silent[1], FastCGI.put_request!(ByteBuf(), 1,
                 cgi_params(example("hello.jl")); keep=false))
