@@ -6,7 +6,11 @@
 # status socket, health listener and journal field; pool a's page cannot
 # reach pool b; then pool a is broken on purpose (a bad config on reload,
 # then a crash loop) while pool b serves a light load without a failure;
-# last, stopping pool b turns its /ready to 503 before its worker is gone.
+# (and a page of pool a past its memory_max); stopping pool b turns its
+# /ready to 503 before its worker is gone. Then, with the package
+# ($FILES_DIR/pkg/*.deb) in place of the files: an upgrade while both pools
+# are under load restarts every running pool and fails no request, and its
+# removal stops and disables every pool and its purge leaves no link.
 # Prints "N passed, M failed"; exits non-zero on any failure.
 set -u
 PASS=0 FAIL=0
@@ -154,10 +158,11 @@ for what in "read b's state" "list b's state" "connect b's status socket" "signa
     check "a's page: $what denied" grep -q "^$what: denied" /tmp/spy
 done
 
+LOAD_TIMEOUT=120
 load() { # $1 = url, $2 = output file; runs until /tmp/stop-load exists
     local ok=0 failed=0 code
     while [ ! -e /tmp/stop-load ]; do
-        code=$(curl -s -m 120 -o /tmp/load-body.$$ -w '%{http_code}' "$1")
+        code=$(curl -s -m "$LOAD_TIMEOUT" -o /tmp/load-body.$$ -w '%{http_code}' "$1")
         if [ "$code" = 200 ]; then ok=$((ok+1)); else
             [ $failed = 0 ] && echo "first failure: HTTP $code: $(head -c 200 /tmp/load-body.$$)" >&2
             failed=$((failed+1))
@@ -183,7 +188,21 @@ read -r ok_a f_a < /tmp/load-a
 echo "pool a through its refused reload: $ok_a ok, $f_a failed"
 check "pool a lost no request to its refused reload" test "$f_a" = 0 -a "$ok_a" -gt 0
 rm -f /tmp/stop-load
-# 2. A crash loop: a julia that dies at once; the master gives up, systemd
+# 2. A page past memory_max (700M): the kernel kills its worker in its own
+# cgroup; the master says so and replaces it, pool b never notices.
+cat > /var/www/a/hog.jl <<'JL'
+hog = ones(UInt8, 1_500_000_000)
+print("Content-Type: text/plain\r\n\r\n", sum(hog))
+JL
+chmod a+r /var/www/a/hog.jl
+code=$(curl -s -m 120 -o /tmp/hog -w '%{http_code}' http://127.0.0.1:8081/hog.jl)
+echo "pool a's page past memory_max: HTTP $code"
+sleep 2
+journalctl -b --no-pager -q -u julia-fcgi@a.service | grep -i -m3 "oom\|memory" || true
+check "a's worker killed by the OOM killer, said in a's journal" bash -c "journalctl -b --no-pager -q -u julia-fcgi@a.service | grep -qi 'out of memory\|oom'"
+check "a's master survived its worker's OOM" test "$(systemctl show -P MainPID julia-fcgi@a.service)" = "$pid_a"
+check "b's worker untouched by a's OOM" test -n "$(cat "$cg_b"/worker-1/cgroup.procs 2>/dev/null)"
+# 3. A crash loop: a julia that dies at once; the master gives up, systemd
 # restarts it (Restart=on-failure), again and again.
 sed -i '/workers = "many"/d' /etc/julia-fcgi/pools/a.toml
 echo 'julia = "/bin/false"' >> /etc/julia-fcgi/pools/a.toml
@@ -213,6 +232,91 @@ check "b's /ready is 503 once the stop began" test "$code" = 503
 check "b's worker still finishing" test -n "$(cat "$cg_b"/worker-1/cgroup.procs 2>/dev/null)"
 wait $cs
 check "the request in progress finished" test "$(cat /tmp/slow)" = "slow done"
+
+pool_units() { systemctl list-units --all --plain --no-legend 'julia-fcgi@*' | awk '{print $1}' | sort | tr '\n' ' '; }
+pool_links() { find /etc/systemd/system -name 'julia-fcgi@*' | sort | tr '\n' ' '; }
+
+package_part() {
+    export DEBIAN_FRONTEND=noninteractive JULIA_FCGI_NO_SYSIMAGE=1
+    echo "== the package in place of the files: pools a and b again"
+    systemctl stop julia-fcgi@a.socket julia-fcgi@a.service julia-fcgi@b.socket julia-fcgi@b.service
+    systemctl disable julia-fcgi@a.socket julia-fcgi@b.socket
+    rm -f /etc/systemd/system/julia-fcgi@.socket /etc/systemd/system/julia-fcgi@.service \
+        /usr/sbin/julia-fcgi /usr/lib/tmpfiles.d/julia-fcgi.conf
+    rm -rf /usr/share/julia-fcgi
+    sed -i '/^julia = /d' /etc/julia-fcgi/pools/a.toml
+    systemctl daemon-reload
+    dpkg -i "$DEB" > /tmp/install.out 2>&1; rc=$?
+    tail -5 /tmp/install.out
+    check "dpkg -i $(basename "$DEB")" test "$rc" = 0
+    check "the package ships the templates" test -f /usr/lib/systemd/system/julia-fcgi@.socket -a -f /usr/lib/systemd/system/julia-fcgi@.service
+    # The operator's command, and b's service enabled too (its [Install]
+    # links the socket as well): both kinds of link for the removal.
+    systemctl enable --now julia-fcgi@a.socket julia-fcgi@b.socket
+    systemctl enable julia-fcgi@b.service
+    echo "links: $(pool_links)"
+    t0=$(date +%s)
+    curl -s -m 600 -o /tmp/a2 http://127.0.0.1:8081/hello.jl & ca=$!
+    curl -s -m 600 -o /tmp/b2 http://127.0.0.1:8082/hello.jl & cb=$!
+    wait $ca $cb
+    echo "FIGURE both pools' first request from the package: $(( $(date +%s) - t0 ))s"
+    check "pool a serves from the package" test "$(cat /tmp/a2)" = "hello from a"
+    check "pool b serves from the package" test "$(cat /tmp/b2)" = "hello from b"
+
+    echo "== upgrade (dpkg -i the same package) while both pools are under load"
+    local before_a before_b
+    before_a=$(systemctl show -P MainPID julia-fcgi@a.service)
+    before_b=$(systemctl show -P MainPID julia-fcgi@b.service)
+    rm -f /tmp/stop-load
+    LOAD_TIMEOUT=600
+    load http://127.0.0.1:8081/hello.jl /tmp/load-a & la=$!
+    load http://127.0.0.1:8082/hello.jl /tmp/load-b & lb=$!
+    sleep 3
+    t0=$(date +%s)
+    dpkg -i "$DEB" > /tmp/upgrade.out 2>&1; rc=$?
+    echo "dpkg -i (upgrade) took $(( $(date +%s) - t0 ))s"
+    check "the upgrade succeeds" test "$rc" = 0
+    # Once both serve again from their new masters, a few more requests.
+    for _ in $(seq 1 120); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.2:9001/ready)" = 200 ] &&
+            [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.3:9001/ready)" = 200 ] && break
+        sleep 5
+    done
+    sleep 5
+    touch /tmp/stop-load; wait $la $lb
+    read -r ok_a f_a < /tmp/load-a; read -r ok_b f_b < /tmp/load-b
+    after_a=$(systemctl show -P MainPID julia-fcgi@a.service)
+    after_b=$(systemctl show -P MainPID julia-fcgi@b.service)
+    echo "FIGURE upgrade under load: pool a $ok_a ok, $f_a failed; pool b $ok_b ok, $f_b failed; masters a $before_a -> $after_a, b $before_b -> $after_b"
+    check "no request failed during the upgrade" test "$f_a" = 0 -a "$f_b" = 0 -a "$ok_a" -gt 0 -a "$ok_b" -gt 0
+    check "the upgrade restarted every running pool" test "$after_a" != "$before_a" -a "$after_b" != "$before_b" -a "$after_a" != 0 -a "$after_b" != 0
+    LOAD_TIMEOUT=120
+
+    echo "== removal with both pools enabled and running"
+    echo "before: units $(pool_units); links $(pool_links)"
+    dpkg --remove julia-fcgi > /tmp/remove.out 2>&1; rc=$?
+    tail -5 /tmp/remove.out
+    check "dpkg --remove succeeds" test "$rc" = 0
+    echo "after removal: units '$(pool_units)'; links '$(pool_links)'"
+    check "no pool unit left loaded or running" test -z "$(pool_units)"
+    check "no pool left enabled (no link)" test -z "$(pool_links)"
+    check "no pool socket listening" bash -c '! curl -s -m 5 --unix-socket /run/julia-fcgi/a.sock http://x/ && ! curl -s -m 5 --unix-socket /run/julia-fcgi/b.sock http://x/'
+    ps -eo pid,user,args | grep -E '[j]ulia-fcgi|[w]orker\.jl' || true
+    # (The brackets keep pgrep from finding its own bash -c.)
+    check "no master or worker left" bash -c '! pgrep -x julia-fcgi >/dev/null && ! pgrep -f "[w]orker\.jl" >/dev/null'
+    dpkg --purge julia-fcgi > /tmp/purge.out 2>&1; rc=$?
+    check "dpkg --purge succeeds" test "$rc" = 0
+    echo "after purge: $(find /etc/systemd/system -name 'julia-fcgi*' | tr '\n' ' ')"
+    check "purge leaves no julia-fcgi link or unit in /etc/systemd/system" test -z "$(find /etc/systemd/system -name 'julia-fcgi*')"
+    check "purge removes the pools' state (/var/lib/private/julia-fcgi)" test ! -e /var/lib/private/julia-fcgi -a ! -e /var/lib/julia-fcgi
+}
+
+DEB=$(ls "$FILES_DIR"/pkg/julia-fcgi_*.deb 2>/dev/null | head -1)
+if [ -z "$DEB" ]; then
+    bad "no package in $FILES_DIR/pkg: the upgrade and removal of pools are not tested"
+else
+    package_part
+fi
 
 echo "elapsed in the guest: $(elapsed)"
 echo
