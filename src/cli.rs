@@ -201,13 +201,15 @@ pub struct StatusArgs {
     /// else status.sock in the runtime directory]
     #[arg(long = "status-socket", value_name = "ADDR")]
     pub socket: Option<String>,
-    /// Ask pool NAME, the instance julia-fcgi@NAME: its status socket is
-    /// NAME/status.sock in the pools' runtime directory (--runtime-dir, else
-    /// /run/julia-fcgi)
+    /// Ask pool NAME, the instance julia-fcgi@NAME, where its pool file
+    /// (/etc/julia-fcgi/pools/NAME.toml) says: its status_listen, else
+    /// status.sock in its runtime_dir, else NAME/status.sock in the pools'
+    /// runtime directory (--runtime-dir, else /run/julia-fcgi)
     #[arg(long, value_name = "NAME", conflicts_with_all = ["socket", "all"])]
     pub pool: Option<String>,
-    /// Ask every pool whose status socket is in the pools' runtime directory
-    /// (--runtime-dir, else /run/julia-fcgi), one after the other
+    /// Ask every pool, one after the other: those with a status socket in
+    /// the pools' runtime directory (--runtime-dir, else /run/julia-fcgi)
+    /// and those whose pool file puts it elsewhere
     #[arg(long, conflicts_with_all = ["socket", "watch"])]
     pub all: bool,
     /// Print help

@@ -47,7 +47,8 @@
 //! - [`queue`]: the listen queue length, from the kernel.
 //! - [`status`]: the status page the master serves itself (its counters
 //!   and report, [`status::stats`]), `GET /ping` and `GET /ready` for load
-//!   balancers ([`status::health`], also on `health_listen`), and
+//!   balancers ([`status::health`], also on `health_listen`), at most 64
+//!   clients at once on each listener ([`status::admission`]), and
 //!   `julia-fcgi status` (`--pool NAME`, `--all`).
 //! - [`fastcgi`]: the FastCGI wire format (records, name-value pairs),
 //!   for the status server and the tests' client.

@@ -140,7 +140,7 @@ pub fn table(status: &Value) -> String {
     let mut out = format!(
         "pool {} on {}  ({} process manager, up {} s, cgroups {})\n\
          workers: {} total, {} idle, {} busy (most busy at once: {})\n\
-         requests: {} accepted, {} slow; listen queue {} of {} (max seen {})\n",
+         requests: {} accepted, {} slow; listen queue {} of {} (max seen {}), {} parked\n",
         field("pool"),
         field("listen"),
         field("process manager"),
@@ -155,6 +155,7 @@ pub fn table(status: &Value) -> String {
         field("listen queue"),
         field("listen queue len"),
         field("max listen queue"),
+        field("parked connections"),
     );
     let r = &status["restarts"];
     out.push_str(&format!(
