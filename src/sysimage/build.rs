@@ -673,7 +673,7 @@ fn link(opts: &BuildOptions, facts: &Facts, object: &Path, out: &Path) -> Result
     cc.arg("-Wl,--whole-archive")
         .arg(object)
         .arg("-Wl,--no-whole-archive");
-    run_linker(opts, facts, cc, out)
+    run_linker(facts, cc, out).map_err(|e| fail("link")(e.describe(&opts.cc)))
 }
 
 /// Before anything is compiled (which takes minutes, an hour on a slow
@@ -685,29 +685,48 @@ fn check_linker(opts: &BuildOptions, facts: &Facts, work: &Path) -> Result<(), B
     // An empty C file; `-x none` so that julia's libraries after it are
     // linked, not compiled.
     cc.args(["-x", "c", "/dev/null", "-x", "none"]);
-    run_linker(opts, facts, cc, &work.join("link-check.so")).map_err(|e| match e {
-        BuildError::Step { step, why } if !why.starts_with("no C compiler") => BuildError::Step {
-            step,
-            why: format!(
+    run_linker(facts, cc, &work.join("link-check.so")).map_err(|e| {
+        let why = match e {
+            LinkError::Failed(_) => format!(
                 "{} cannot link an empty shared object against libjulia, so it could not link \
                  the image either (a compiler without the C library's development files? \
                  Debian, Ubuntu: apt install libc6-dev; Fedora, RHEL: dnf install glibc-devel): \
-                 {why}",
-                opts.cc.display()
+                 {}",
+                opts.cc.display(),
+                e.describe(&opts.cc)
             ),
-        },
-        e => e,
+            e => e.describe(&opts.cc),
+        };
+        fail("link")(why)
     })
+}
+
+/// How running the C compiler went wrong.
+enum LinkError {
+    NotInstalled,
+    CannotRun(std::io::Error),
+    /// Its exit status and the end of its complaint.
+    Failed(String),
+}
+
+impl LinkError {
+    fn describe(&self, cc: &Path) -> String {
+        match self {
+            LinkError::NotInstalled => format!(
+                "no C compiler to link the image: `{}` is not installed. Install gcc (Debian, \
+                 Ubuntu: apt install gcc; Fedora, RHEL: dnf install gcc) or name another one \
+                 with --cc",
+                cc.display()
+            ),
+            LinkError::CannotRun(e) => format!("cannot run {}: {e}", cc.display()),
+            LinkError::Failed(why) => format!("{} {why}", cc.display()),
+        }
+    }
 }
 
 /// `cc` (with its inputs already given) `-shared -o out` against julia's
 /// libraries.
-fn run_linker(
-    opts: &BuildOptions,
-    facts: &Facts,
-    mut cc: Command,
-    out: &Path,
-) -> Result<(), BuildError> {
+fn run_linker(facts: &Facts, mut cc: Command, out: &Path) -> Result<(), LinkError> {
     let output = cc
         .arg("-shared")
         .arg("-o")
@@ -716,23 +735,13 @@ fn run_linker(
         .arg("-Wl,-z,noexecstack")
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| {
-            let why = if e.kind() == std::io::ErrorKind::NotFound {
-                format!(
-                    "no C compiler to link the image: `{}` is not installed. Install gcc \
-                     (Debian, Ubuntu: apt install gcc; Fedora, RHEL: dnf install gcc) or name \
-                     another one with --cc",
-                    opts.cc.display()
-                )
-            } else {
-                format!("cannot run {}: {e}", opts.cc.display())
-            };
-            fail("link")(why)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => LinkError::NotInstalled,
+            _ => LinkError::CannotRun(e),
         })?;
     if !output.status.success() {
-        return Err(fail("link")(format!(
-            "{} ({}): {}",
-            opts.cc.display(),
+        return Err(LinkError::Failed(format!(
+            "({}): {}",
             output.status,
             last_lines(&String::from_utf8_lossy(&output.stderr), 20)
         )));
