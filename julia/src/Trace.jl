@@ -81,6 +81,9 @@ function statements(f, page_module::Module)::Vector{String}
         for st in ci.code
             st isa Expr && st.head === :invoke || continue
             mi = st.args[1]
+            # Julia 1.12+ may name the CodeInstance (its `def` the
+            # MethodInstance, or an override of one: skipped).
+            mi isa Core.CodeInstance && (mi = mi.def)
             mi isa Core.MethodInstance || continue
             m = mi.def
             m isa Method && m.module === page_module && continue
