@@ -105,6 +105,9 @@ pub struct Options {
     pub unix_path: Option<PathBuf>,
     /// Extra environment variables of the daemon.
     pub env: Vec<(String, String)>,
+    /// Another julia (`-b`) or worker file (`-v`) than the tests' own.
+    pub julia: Option<PathBuf>,
+    pub worker_file: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -116,6 +119,8 @@ impl Default for Options {
             tcp: false,
             unix_path: None,
             env: Vec::new(),
+            julia: None,
+            worker_file: None,
         }
     }
 }
@@ -146,9 +151,9 @@ impl Daemon {
         cmd.arg("-l")
             .arg(&listen)
             .arg("-b")
-            .arg(julia())
+            .arg(options.julia.clone().unwrap_or_else(julia))
             .arg("-v")
-            .arg(worker_file())
+            .arg(options.worker_file.clone().unwrap_or_else(worker_file))
             .arg("-w")
             .arg(options.workers.to_string())
             .arg("-h")

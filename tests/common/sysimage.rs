@@ -214,38 +214,16 @@ impl Fixture {
     /// The real master, its `workers` workers on `julia`, with the
     /// fixture's project and depot and `config`.
     pub fn daemon(&self, julia: &Path, workers: u32, config: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("fcgi.sock");
-        let config_file = dir.path().join("julia-fcgi.toml");
-        std::fs::write(
-            &config_file,
-            format!(
+        Daemon::start(super::Options {
+            workers,
+            config: Some(format!(
                 "project = {:?}\ndepot = {:?}\n{config}",
                 self.project.display().to_string(),
                 self.depot.display().to_string()
-            ),
-        )
-        .unwrap();
-        let mut cmd = std::process::Command::new(super::bin());
-        cmd.arg("-l")
-            .arg(&sock)
-            .arg("-b")
-            .arg(julia)
-            .arg("-v")
-            .arg(&self.worker_file)
-            .arg("-w")
-            .arg(workers.to_string())
-            .arg("-h")
-            .arg(dir.path())
-            .arg("--socket-mode")
-            .arg("0600")
-            .arg("--runtime-dir")
-            .arg(dir.path())
-            .arg("--config")
-            .arg(&config_file)
-            .args(super::root_flag());
-        let daemon = Daemon::spawn(cmd, super::Addr::Unix(sock), dir);
-        daemon.wait_for_log("ready:", super::READY_TIMEOUT);
-        daemon
+            )),
+            julia: Some(julia.to_owned()),
+            worker_file: Some(self.worker_file.clone()),
+            ..super::Options::default()
+        })
     }
 }
