@@ -98,6 +98,7 @@ Warm the worker up (see the module docs). Failures are logged as a warning
 and never stop the worker from starting: warm-up only saves time.
 """
 function run!(settings::Settings)
+    home = Server.Pages.current_dir()    # where the worker runs ("/" under the master)
     dir = mktempdir()
     try
         # Same code paths, but pages from the temp dir must be servable, and
@@ -120,6 +121,14 @@ function run!(settings::Settings)
         Log.warn("warm-up failed (the first requests will be slower): " *
                  sprint(showerror, e, catch_backtrace()))
     finally
+        # The warm-up's pages ran in `dir`, and their requests cd'ed there:
+        # back to where the worker was before it goes, so that the worker
+        # never waits in a deleted directory.
+        isempty(home) || try
+            cd(home)
+        catch e
+            Log.debug("warm-up: cannot go back to $(repr(home)): " * sprint(showerror, e))
+        end
         rm(dir; recursive=true, force=true)
     end
     return nothing

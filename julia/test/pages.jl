@@ -241,3 +241,18 @@ const HDR = "Content-Type: text/plain\n\n"
         rm(www; recursive=true, force=true)
     end
 end
+
+@testset "warm-up leaves the worker where it was" begin
+    # Its pages run in a temporary directory, which it removes: a worker
+    # left in there would wait in a deleted directory.
+    home = mktempdir()
+    try
+        cd(home)
+        Log.quietly(() -> JuliaFCGI.Warmup.run!(settings()))
+        @test pwd() == home
+        @test readlink("/proc/self/cwd") == home
+    finally
+        cd(@__DIR__)
+        rm(home; recursive=true, force=true)
+    end
+end
