@@ -2,7 +2,8 @@
 //! "Deadlines"; README, "Slow and idle clients"), against the real daemon:
 //! idle and byte-a-second connections straight to the socket do not hold
 //! the pool and are closed at their deadlines; a slow body holds a worker
-//! for `body_timeout` at most and is answered 408; the dynamic pool grows
+//! for `body_timeout` at most and is answered 408; a front end that reads
+//! none of a response holds one for `read_timeout`; the dynamic pool grows
 //! while workers are stuck reading; a worker SIGSTOPped while reading is
 //! busy on the status page and replaced by `request_terminate_timeout`.
 
@@ -209,6 +210,44 @@ fn a_slow_body_holds_a_worker_for_body_timeout_at_most_and_is_answered_408() {
         "{}",
         d.log_text()
     );
+}
+
+#[test]
+fn a_front_end_that_reads_no_response_holds_a_worker_for_read_timeout_at_most() {
+    let d = Daemon::start(Options {
+        workers: 1,
+        config: Some("read_timeout = \"1s\"\n".into()),
+        ..Options::default()
+    });
+    let hello = page(d.dir.path(), "hello.jl", HELLO);
+    let big = page(
+        d.dir.path(),
+        "big.jl",
+        r#"print("Content-Type: text/plain\r\n\r\n", repeat("z", 8_000_000))"#,
+    );
+    hello_within(&d, &hello, Duration::from_secs(5));
+    let pids = d.worker_pids();
+    // The request goes out whole; then the client keeps the connection
+    // open and reads nothing, so the response fills the socket's buffers.
+    let mut stuck = UnixStream::connect(socket(&d)).unwrap();
+    stuck.write_all(&Request::get(&big, "").encode()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // The one worker gives the response up after read_timeout (1 s) with
+    // nothing taken, and serves the next request.
+    let took = hello_within(&d, &hello, Duration::from_secs(5));
+    assert!(took > Duration::from_millis(500), "served in {took:?}");
+    wait_until("the log entry", Duration::from_secs(5), || {
+        d.log_text().contains(
+            "closing FastCGI connection: the front end read none of the response for 1000 ms \
+             (read_timeout)",
+        )
+    });
+    // The connection was closed: what is left in it ends.
+    assert!(
+        closed_after(&mut stuck, Instant::now(), Duration::from_secs(5)).is_some(),
+        "the stuck connection stays open"
+    );
+    assert_eq!(d.worker_pids(), pids, "no worker may have died");
 }
 
 #[test]

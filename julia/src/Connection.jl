@@ -14,7 +14,6 @@ using ..FastCGI
 using ..FastCGI: ByteBuf, Header
 
 const READ_BUF = 128 * 1024        # > one maximal record (8 + 65535 + 255)
-const MSG_DONTWAIT = Cint(0x40)
 
 """What reading came to."""
 @enum ReadStatus begin
@@ -34,6 +33,8 @@ end
 One connection: its fd, the read buffer (`buf[head:tail]` not consumed
 yet, reused for every connection) and the current record (`rec`, its
 content at `buf[cstart:cstart+rec.clen-1]`, `rlen` bytes in all).
+Sends never block either: a peer that reads nothing for `send_timeout_ms`
+(the worker's read_timeout) is given up.
 """
 mutable struct Conn
     fd::Cint
@@ -43,9 +44,11 @@ mutable struct Conn
     rec::Header
     cstart::Int
     rlen::Int
+    send_timeout_ms::Int
 end
 
-Conn() = Conn(Cint(-1), Vector{UInt8}(undef, READ_BUF), 1, 0, Header(), 0, 0)
+Conn(send_timeout_ms::Int=10_000) =
+    Conn(Cint(-1), Vector{UInt8}(undef, READ_BUF), 1, 0, Header(), 0, 0, send_timeout_ms)
 
 """Start on connection `fd` with an empty buffer."""
 function reset!(c::Conn, fd::Cint)
@@ -88,7 +91,7 @@ function recv_some!(c::Conn, max::Int=length(c.buf) - c.tail)::Int
     n = min(max, length(buf) - c.tail)
     while true
         r = GC.@preserve buf ccall(:recv, Cssize_t, (Cint, Ptr{UInt8}, Csize_t, Cint),
-                                   c.fd, pointer(buf, c.tail + 1), n, MSG_DONTWAIT)
+                                   c.fd, pointer(buf, c.tail + 1), n, Posix.MSG_DONTWAIT)
         if r > 0
             c.tail += Int(r)
             return Int(r)
@@ -139,9 +142,10 @@ end
 """The current record has been handled."""
 consume!(c::Conn) = (c.head += c.rlen; c)
 
-"""Send `b` on the connection and empty it; false when the peer is gone."""
+"""Send `b` on the connection and empty it; false when the peer is gone (or
+read nothing for `c.send_timeout_ms`)."""
 function send!(c::Conn, b::ByteBuf)::Bool
-    rc = Posix.write_all(c.fd, b.data, b.len)
+    rc = Posix.write_all(c.fd, b.data, b.len; nonblocking=true, timeout_ms=c.send_timeout_ms)
     FastCGI.reset!(b)
     return rc == 0
 end

@@ -14,6 +14,7 @@ sit in memory.
 module Output
 
 using ..Posix
+using ..Log
 using ..FastCGI
 using ..FastCGI: ByteBuf, add!, put_header!, put_padding!, padding, put_stream!,
                  put_empty!, put_end_request!, STREAM_CHUNK
@@ -47,11 +48,12 @@ mutable struct ResponseIO <: IO
     out::ByteBuf         # records being assembled for one write(2)
     hdr::ByteBuf         # the normalized header block
     err::String          # one FCGI_STDERR message for the web server's log
+    send_timeout_ms::Int # a client that reads nothing this long is gone (read_timeout)
 end
 
-ResponseIO(fd::Integer=-1, rid::Integer=0) =
+ResponseIO(fd::Integer=-1, rid::Integer=0; send_timeout_ms::Int=10_000) =
     ResponseIO(ByteBuf(16 * 1024), Cint(fd), Int(rid), Cint(-1), 0, UInt64(0), false, false,
-               ByteBuf(16 * 1024), ByteBuf(1024), "")
+               ByteBuf(16 * 1024), ByteBuf(1024), "", send_timeout_ms)
 
 """Prepare `io` for a new request (buffers are kept, oversized ones shrunk).
 `mfd`/`mseen`: the page's fd 1 file and how much of it is old news."""
@@ -343,10 +345,14 @@ end
 
 function send_out!(io::ResponseIO)::Bool
     io.broken && return false
-    rc = Posix.write_all(io.fd, io.out.data, io.out.len)
+    rc = Posix.write_all(io.fd, io.out.data, io.out.len; nonblocking=true,
+                         timeout_ms=io.send_timeout_ms)
     FastCGI.reset!(io.out)
     rc == 0 && return true
     io.broken = true        # EPIPE / ECONNRESET / timeout: the client is gone
+    rc == Posix.EAGAIN &&
+        Log.info("closing FastCGI connection: the front end read none of the response for " *
+                 "$(io.send_timeout_ms) ms (read_timeout); the rest is discarded")
     return false
 end
 

@@ -48,8 +48,7 @@ const AF_UNIX      = Cint(1)
 const SOCK_STREAM  = Cint(1)
 const SOCK_CLOEXEC = Cint(0o2000000)
 const MSG_NOSIGNAL = Cint(0x4000)
-const SOL_SOCKET   = Cint(1)
-const SO_SNDTIMEO  = Cint(21)
+const MSG_DONTWAIT = Cint(0x40)
 const SHUT_WR      = Cint(1)
 
 const POLLIN   = Cshort(0x001)
@@ -66,12 +65,6 @@ struct PollFD
     fd::Cint
     events::Cshort
     revents::Cshort
-end
-
-"""`struct timeval` for `SO_SNDTIMEO`."""
-struct TimeVal
-    sec::Clong
-    usec::Clong
 end
 
 # One reusable poll set: the worker only ever waits on (something, control fd).
@@ -127,20 +120,23 @@ function read_some(fd::Cint, buf::Vector{UInt8}, offset::Int, n::Int)::Int
 end
 
 """
-    write_all(fd, ptr, n; socket=true, timeout_ms=10_000) -> 0 or errno
+    write_all(fd, ptr, n; socket=true, nonblocking=false, timeout_ms=10_000) -> 0 or errno
 
 Writes all `n` bytes, retrying on EINTR and short writes. Sockets use
 `send(MSG_NOSIGNAL)` so a vanished peer is an EPIPE return, never a signal.
-EAGAIN (a non-blocking fd, or `SO_SNDTIMEO` expiring) waits for POLLOUT up to
-`timeout_ms`, then gives up with EAGAIN.
+EAGAIN (a non-blocking fd, or every send with `nonblocking`, which adds
+`MSG_DONTWAIT`) waits for POLLOUT up to `timeout_ms`, then gives up with
+EAGAIN: with `nonblocking`, `timeout_ms` is all a peer that reads nothing
+holds the caller, with no socket option to set first.
 """
 function write_all(fd::Cint, p::Ptr{UInt8}, n::Int; socket::Bool=true,
-                   timeout_ms::Int=10_000)::Cint
+                   nonblocking::Bool=false, timeout_ms::Int=10_000)::Cint
     off = 0
+    flags = nonblocking ? MSG_NOSIGNAL | MSG_DONTWAIT : MSG_NOSIGNAL
     while off < n
         r = if socket
             ccall(:send, Cssize_t, (Cint, Ptr{UInt8}, Csize_t, Cint),
-                  fd, p + off, n - off, MSG_NOSIGNAL)
+                  fd, p + off, n - off, flags)
         else
             ccall(:write, Cssize_t, (Cint, Ptr{UInt8}, Csize_t), fd, p + off, n - off)
         end
@@ -164,8 +160,9 @@ function write_all(fd::Cint, p::Ptr{UInt8}, n::Int; socket::Bool=true,
 end
 
 function write_all(fd::Cint, buf::Vector{UInt8}, n::Int=length(buf);
-                   socket::Bool=true, timeout_ms::Int=10_000)::Cint
-    GC.@preserve buf write_all(fd, pointer(buf), n; socket=socket, timeout_ms=timeout_ms)
+                   socket::Bool=true, nonblocking::Bool=false, timeout_ms::Int=10_000)::Cint
+    GC.@preserve buf write_all(fd, pointer(buf), n; socket=socket, nonblocking=nonblocking,
+                               timeout_ms=timeout_ms)
 end
 
 """Close `fd`, ignoring errors (there is nothing useful to do about them)."""
@@ -205,14 +202,6 @@ function move_listener(fd::Cint)::Cint
         closefd(null)
     end
     return new
-end
-
-"""Give blocking sends on `fd` a deadline, so a client that never reads
-cannot hold the worker forever."""
-function set_send_timeout(fd::Cint, ms::Int)::Bool
-    tv = Ref(TimeVal(Clong(ms ÷ 1000), Clong((ms % 1000) * 1000)))
-    return ccall(:setsockopt, Cint, (Cint, Cint, Cint, Ptr{TimeVal}, Cuint),
-                 fd, SOL_SOCKET, SO_SNDTIMEO, tv, sizeof(TimeVal)) == 0
 end
 
 """

@@ -100,8 +100,9 @@ end
 function Worker(s::Settings, listen_fd::Integer=LISTEN_FD; scoreboard::Bool=true,
                 keep_idle_ms::Int=KEEP_IDLE_MS)
     rt = Pages.Runtime(s)
-    return Worker(s, scoreboard, rt, Conn(), Request(), Keeper(Cint(listen_fd), keep_idle_ms, rt),
-                  Arrivals(park_capacity()), ByteBuf(256), ResponseIO())
+    return Worker(s, scoreboard, rt, Conn(s.read_timeout_ms), Request(),
+                  Keeper(Cint(listen_fd), keep_idle_ms, rt), Arrivals(park_capacity()), ByteBuf(256),
+                  ResponseIO(send_timeout_ms=s.read_timeout_ms))
 end
 
 """How many connections may be parked: half the descriptor limit, within 16…MAX_PARKED."""
@@ -127,7 +128,6 @@ end
 
 function serve_new!(w::Worker, fd::Cint, accepted::UInt64)::Outcome
     c = Connection.reset!(w.conn, fd)
-    Posix.set_send_timeout(fd, w.settings.read_timeout_ms)
     head = read_head!(w, c, accepted)
     head == HEAD_READY && return serve_read!(w, accepted)
     head == HEAD_PARKED || Posix.closefd(fd)

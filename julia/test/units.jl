@@ -228,3 +228,25 @@ end
         for (k, v) in saved; ENV[k] = v; end
     end
 end
+
+@testset "a send to a peer that reads nothing gives up after its timeout" begin
+    a, b = Posix.socketpair()
+    try
+        big = fill(UInt8('z'), 8 * 1024 * 1024)      # more than the pair's buffers
+        t = time_ns()
+        @test Posix.write_all(a, big; nonblocking=true, timeout_ms=300) == Posix.EAGAIN
+        waited = (time_ns() - t) / 1e6
+        @test 250 <= waited < 3000
+        # What fits goes out at once, with no wait.
+        c, d = Posix.socketpair()
+        try
+            t = time_ns()
+            @test Posix.write_all(c, fill(UInt8('y'), 1024); nonblocking=true, timeout_ms=5000) == 0
+            @test (time_ns() - t) / 1e6 < 1000
+        finally
+            Posix.closefd(c); Posix.closefd(d)
+        end
+    finally
+        Posix.closefd(a); Posix.closefd(b)
+    end
+end
