@@ -166,17 +166,7 @@ impl Settings {
         let net = Network::resolve(cli, &file, env)?;
         let workers = NonZeroU32::new(cli.workers.or(file.workers).unwrap_or(1))
             .ok_or_else(|| invalid("workers", "0: at least one worker is needed"))?;
-        let julia = paths::resolve_julia(
-            cli.julia
-                .clone()
-                .or_else(|| file.julia.clone())
-                .unwrap_or_else(|| PathBuf::from("/usr/bin/julia")),
-            env,
-        )?;
-        let worker_file = match cli.worker.clone().or_else(|| file.worker.clone()) {
-            Some(path) => paths::check_worker_file(path)?,
-            None => paths::default_worker_file()?,
-        };
+        let (julia, worker_file) = program(cli, &file, env)?;
         let home = identity::resolve_home(
             cli.home.clone().or_else(|| file.home.clone()),
             identity.as_ref(),
@@ -233,6 +223,27 @@ impl Settings {
             warnings,
         })
     }
+}
+
+/// The julia the workers run (`-b`, `julia`) and their worker file (`-v`,
+/// `worker`), both checked.
+fn program(
+    cli: &Cli,
+    file: &FileConfig,
+    env: &Environment,
+) -> Result<(PathBuf, PathBuf), ConfigError> {
+    let julia = paths::resolve_julia(
+        cli.julia
+            .clone()
+            .or_else(|| file.julia.clone())
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/julia")),
+        env,
+    )?;
+    let worker_file = match cli.worker.clone().or_else(|| file.worker.clone()) {
+        Some(path) => paths::check_worker_file(path)?,
+        None => paths::default_worker_file()?,
+    };
+    Ok((julia, worker_file))
 }
 
 /// The sockets julia-fcgi binds and the runtime directory.

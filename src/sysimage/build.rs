@@ -18,17 +18,22 @@
 //!    metadata last, so that a reader never pairs new metadata with an old
 //!    image (and running workers keep the file they mapped).
 
+//!
+//! This file runs the steps in order and installs the result; running julia
+//! (probe, base, compile) is in [`julia`], the C compiler in [`link`].
+
+mod julia;
+mod link;
+
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::metadata::{self, Cpu, FileHash, FileStamp, Julia, Metadata, Package, Statements};
-use super::trace::{self, Scratch};
+use self::julia::Contents;
+use super::metadata::{self, Cpu, FileHash, FileStamp, Julia, Metadata, Sources, Statements};
+use super::trace::{self, Scratch, WorkerRun};
 use super::{statements_path, Image};
 
 /// What the image is built on.
@@ -52,7 +57,7 @@ impl Base {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Base::Julia => "julia",
             Base::Minimal => "minimal",
@@ -135,26 +140,8 @@ pub enum BuildError {
     Step { step: &'static str, why: String },
 }
 
-fn fail(step: &'static str) -> impl Fn(String) -> BuildError {
+pub(super) fn fail(step: &'static str) -> impl Fn(String) -> BuildError {
     move |why| BuildError::Step { step, why }
-}
-
-/// What probe.jl reported.
-#[derive(Debug, Default)]
-struct Facts {
-    version: String,
-    image: PathBuf,
-    libraries: Vec<PathBuf>,
-    base_sources: Option<PathBuf>,
-}
-
-/// What build.jl reported.
-#[derive(Debug, Default)]
-struct Contents {
-    loaded: Vec<Package>,
-    stdlibs: Vec<String>,
-    files: Vec<PathBuf>,
-    statements: Option<Statements>,
 }
 
 /// Builds the image `opts` describe. `progress` hears what is going on, a
@@ -222,16 +209,58 @@ fn build_in(
     progress: &mut dyn FnMut(&str),
 ) -> Result<Built, BuildError> {
     progress(&format!("probing {}", opts.julia.display()));
-    let facts = probe(opts, scripts)?;
+    let facts = julia::probe(opts, scripts)?;
     let sources =
         metadata::worker_sources(worker_dir).map_err(|e| fail("worker")(e.to_string()))?;
-    let julia = julia_identity(opts, &facts)?;
+    let identity = julia::identity(opts, &facts)?;
     progress(&format!(
         "checking that {} links against libjulia",
         opts.cc.display()
     ));
-    check_linker(opts, &facts, work)?;
+    link::check_linker(opts, &facts, work)?;
 
+    let (traced, statement_files) = trace_step(opts, work, progress)?;
+    let (linked, contents) = native_step(
+        opts,
+        &facts,
+        worker_dir,
+        scripts,
+        work,
+        &statement_files,
+        progress,
+    )?;
+    let checked = check_step(opts, &linked, work, progress)?;
+    let now = metadata::worker_sources(worker_dir).map_err(|e| fail("worker")(e.to_string()))?;
+    if let Some(why) = metadata::sources_differ(&sources, &now) {
+        return Err(fail("worker")(format!(
+            "changed during the build ({why}); build again"
+        )));
+    }
+    progress(&format!("installing {}", opts.output.display()));
+    let made = Made {
+        julia: identity,
+        sources,
+        contents,
+        build_seconds: t0.elapsed().as_secs_f64(),
+    };
+    let metadata = install_step(opts, &linked, &statement_files, made)?;
+    Ok(Built {
+        image: Image {
+            path: opts.output.clone(),
+            metadata,
+        },
+        source_ready: traced.ready_after,
+        image_ready: checked.ready_after,
+    })
+}
+
+/// Step 2: a worker from source records what it compiles; its statements,
+/// the last build's and the operator's traces are the ones compiled in.
+fn trace_step(
+    opts: &BuildOptions,
+    work: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(WorkerRun, Vec<PathBuf>), BuildError> {
     progress("recording what a worker compiles while it warms up and serves (--trace-compile)");
     let trace_file = work.join("worker-trace.jl");
     let mut trace_arg = OsString::from("--trace-compile=");
@@ -253,23 +282,36 @@ fn build_in(
     let mut statement_files = vec![trace_file];
     statement_files.extend(existing(&statements_path(&opts.output)));
     statement_files.extend(trace_files(&opts.traces).map_err(fail("traces"))?);
+    Ok((traced, statement_files))
+}
 
+/// Steps 3-5: the base (julia's own image, or a minimal one built now), the
+/// native code of the worker, packages and statements on it, linked into
+/// `work`/sysimage.so.
+fn native_step(
+    opts: &BuildOptions,
+    facts: &julia::Facts,
+    worker_dir: &Path,
+    scripts: &Path,
+    work: &Path,
+    statement_files: &[PathBuf],
+    progress: &mut dyn FnMut(&str),
+) -> Result<(PathBuf, Contents), BuildError> {
     let base_image = match opts.base {
         Base::Julia => facts.image.clone(),
-        Base::Minimal => minimal_base(opts, &facts, scripts, work, progress)?,
+        Base::Minimal => julia::minimal_base(opts, facts, scripts, work, progress)?,
     };
-
     let object = work.join("sysimage.o");
-    let contents = compile(
+    let contents = julia::compile(
         opts,
         worker_dir,
         scripts,
         &base_image,
-        &statement_files,
+        statement_files,
         &object,
         progress,
     )?;
-    if let Some(s) = contents.statements {
+    if let Some(s) = &contents.statements {
         progress(&format!(
             "precompile statements: {} compiled, {} not compilable here, {} rejected",
             s.ok, s.failed, s.rejected
@@ -278,15 +320,25 @@ fn build_in(
 
     progress(&format!("linking with {}", opts.cc.display()));
     let linked = work.join("sysimage.so");
-    link(opts, &facts, &object, &linked)?;
+    link::link(opts, facts, &object, &linked)?;
     let _ = std::fs::remove_file(&object);
 
+    Ok((linked, contents))
+}
+
+/// Step 6: a worker on the linked image must become ready and serve.
+fn check_step(
+    opts: &BuildOptions,
+    linked: &Path,
+    work: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<WorkerRun, BuildError> {
     progress("checking that a worker starts on the new image and serves");
     let checked = trace::run_worker(
         &opts.julia,
         &[
             "-J".into(),
-            linked.clone().into_os_string(),
+            linked.to_owned().into_os_string(),
             "--compiled-modules=no".into(),
         ],
         &opts.worker_file,
@@ -300,46 +352,57 @@ fn build_in(
         "a worker on the image was ready in {:.2} s",
         checked.ready_after.as_secs_f64()
     ));
+    Ok(checked)
+}
 
-    let now = metadata::worker_sources(worker_dir).map_err(|e| fail("worker")(e.to_string()))?;
-    if let Some(why) = metadata::sources_differ(&sources, &now) {
-        return Err(fail("worker")(format!(
-            "changed during the build ({why}); build again"
-        )));
-    }
-    let package_files = contents
+/// What the build made and found, for the metadata.
+struct Made {
+    julia: Julia,
+    sources: Sources,
+    contents: Contents,
+    build_seconds: f64,
+}
+
+/// Step 7: image and statements into place, then the metadata that
+/// describes them.
+fn install_step(
+    opts: &BuildOptions,
+    linked: &Path,
+    statement_files: &[PathBuf],
+    made: Made,
+) -> Result<Metadata, BuildError> {
+    let package_files = made
+        .contents
         .files
         .iter()
         .map(|f| FileHash::of(f, f))
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(|e| fail("packages")(e.to_string()))?;
-    let mut stdlibs = contents.stdlibs.clone();
+    let mut stdlibs = made.contents.stdlibs.clone();
     stdlibs.sort();
     stdlibs.dedup();
-
-    progress(&format!("installing {}", opts.output.display()));
-    install(&linked, &opts.output).map_err(fail("install"))?;
-    merge_statements(&statement_files, &statements_path(&opts.output)).map_err(fail("install"))?;
+    install(linked, &opts.output).map_err(fail("install"))?;
+    merge_statements(statement_files, &statements_path(&opts.output)).map_err(fail("install"))?;
     let image = FileStamp::of(&opts.output).map_err(|e| fail("install")(e.to_string()))?;
     let meta = Metadata {
         format: metadata::FORMAT,
         built_by: env!("CARGO_PKG_VERSION").to_owned(),
         built_at: unix_now(),
-        build_seconds: t0.elapsed().as_secs_f64(),
-        julia,
+        build_seconds: made.build_seconds,
+        julia: made.julia,
         cpu: Cpu {
             target: opts.cpu_target.clone(),
             host: metadata::host_cpu(),
         },
         base: opts.base.name().to_owned(),
         stdlibs,
-        worker: sources,
+        worker: made.sources,
         packages: opts.packages.clone(),
-        loaded: contents.loaded,
+        loaded: made.contents.loaded,
         project: metadata::env_value(&opts.env, "JULIA_PROJECT"),
         load_path: metadata::env_value(&opts.env, "JULIA_LOAD_PATH"),
         package_files,
-        statements: contents.statements.unwrap_or(Statements {
+        statements: made.contents.statements.unwrap_or(Statements {
             ok: 0,
             failed: 0,
             rejected: 0,
@@ -348,77 +411,7 @@ fn build_in(
     };
     meta.write(&super::metadata_path(&opts.output))
         .map_err(|e| fail("install")(e.to_string()))?;
-    Ok(Built {
-        image: Image {
-            path: opts.output.clone(),
-            metadata: meta,
-        },
-        source_ready: traced.ready_after,
-        image_ready: checked.ready_after,
-    })
-}
-
-fn julia_command(opts: &BuildOptions) -> Command {
-    let mut command = Command::new(&opts.julia);
-    command
-        .args(["--startup-file=no", "--history-file=no", "--color=no"])
-        .env_clear()
-        .envs(opts.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null());
-    command
-}
-
-fn probe(opts: &BuildOptions, scripts: &Path) -> Result<Facts, BuildError> {
-    let out = julia_command(opts)
-        .arg(scripts.join("probe.jl"))
-        .output()
-        .map_err(|e| fail("probe")(format!("cannot run {}: {e}", opts.julia.display())))?;
-    if !out.status.success() {
-        return Err(fail("probe")(format!(
-            "{} ({}): {}",
-            opts.julia.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    let mut facts = Facts::default();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        match line.split_once('\t') {
-            Some(("version", v)) => facts.version = v.to_owned(),
-            Some(("image", v)) => facts.image = PathBuf::from(v),
-            Some(("library", v)) => facts.libraries.push(PathBuf::from(v)),
-            Some(("base", v)) => facts.base_sources = Some(PathBuf::from(v)),
-            _ => {}
-        }
-    }
-    if facts.version.is_empty() || facts.libraries.is_empty() || !facts.image.is_file() {
-        return Err(fail("probe")(format!(
-            "{} said too little about itself: {facts:?}",
-            opts.julia.display()
-        )));
-    }
-    Ok(facts)
-}
-
-/// The files whose change means another julia: the configured executable
-/// (a wrapper script, maybe), the libraries and its system image.
-fn julia_identity(opts: &BuildOptions, facts: &Facts) -> Result<Julia, BuildError> {
-    let exe = std::fs::canonicalize(&opts.julia)
-        .map_err(|e| fail("probe")(format!("{}: {e}", opts.julia.display())))?;
-    let mut files = Vec::new();
-    for path in std::iter::once(&exe)
-        .chain(&facts.libraries)
-        .chain([&facts.image])
-    {
-        files.push(
-            FileStamp::of(path).map_err(|e| fail("probe")(format!("{}: {e}", path.display())))?,
-        );
-    }
-    Ok(Julia {
-        path: opts.julia.clone(),
-        version: facts.version.clone(),
-        files,
-    })
+    Ok(meta)
 }
 
 fn existing(path: &Path) -> Option<PathBuf> {
@@ -445,308 +438,6 @@ fn trace_files(traces: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
         }
     }
     Ok(files)
-}
-
-/// Handles one line of a julia's stdout; may report progress.
-type LineHandler<'a> = dyn FnMut(&str, &mut dyn FnMut(&str)) + 'a;
-
-/// Runs `command`, passing each stdout line to `line` and saying every 30 s
-/// that it still runs; stderr goes to `log`. Fails with the log's tail.
-fn run_streaming(
-    step: &'static str,
-    mut command: Command,
-    log: &Path,
-    progress: &mut dyn FnMut(&str),
-    line: &mut LineHandler,
-) -> Result<(), BuildError> {
-    let err = std::fs::File::create(log).map_err(|e| fail(step)(e.to_string()))?;
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(err))
-        .spawn()
-        .map_err(|e| fail(step)(e.to_string()))?;
-    let stdout = child.stdout.take().expect("stdout was piped");
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    let started = Instant::now();
-    let mut last = Instant::now();
-    loop {
-        match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(l) => {
-                line(&l, progress);
-                last = Instant::now();
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if last.elapsed() >= Duration::from_secs(30) {
-                    progress(&format!(
-                        "… still {step} ({} s)",
-                        started.elapsed().as_secs()
-                    ));
-                    last = Instant::now();
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    let _ = reader.join();
-    let status = child.wait().map_err(|e| fail(step)(e.to_string()))?;
-    if !status.success() {
-        return Err(fail(step)(format!(
-            "julia failed ({status}):\n{}",
-            trace::tail(log, 40)
-        )));
-    }
-    Ok(())
-}
-
-/// Steps 3a-3c: Base's sources copied and cut down, the compiler, then Base
-/// with the wanted standard libraries (a .ji: the compile step makes the
-/// native code for all of it).
-fn minimal_base(
-    opts: &BuildOptions,
-    facts: &Facts,
-    scripts: &Path,
-    work: &Path,
-    progress: &mut dyn FnMut(&str),
-) -> Result<PathBuf, BuildError> {
-    if facts.base_sources.is_none() {
-        return Err(fail("base")(format!(
-            "julia {} came without Base's sources; use --base julia",
-            facts.version
-        )));
-    }
-    let mut stdlibs: Vec<String> = MINIMAL_STDLIBS.iter().map(|s| (*s).to_owned()).collect();
-    for s in &opts.stdlibs {
-        if !stdlibs.contains(s) {
-            stdlibs.push(s.clone());
-        }
-    }
-    progress(&format!(
-        "preparing Base's sources with the standard libraries {}",
-        stdlibs.join(", ")
-    ));
-    // Julia's own build runs with a clean environment: no project, no depot.
-    let plain = |cmd: &mut Command| {
-        cmd.env_remove("JULIA_PROJECT")
-            .env_remove("JULIA_LOAD_PATH")
-            .env_remove("JULIA_DEPOT_PATH");
-    };
-    let mut prepare = julia_command(opts);
-    plain(&mut prepare);
-    let out = prepare
-        .arg(scripts.join("base.jl"))
-        .arg(work)
-        .arg(stdlibs.join(","))
-        .output()
-        .map_err(|e| fail("base")(e.to_string()))?;
-    if !out.status.success() {
-        return Err(fail("base")(
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ));
-    }
-    let sysimg = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    let base_dir = sysimg.parent().unwrap_or(work).to_owned();
-    let corecompiler = work.join("corecompiler.ji");
-    let sys_ji = work.join("sys.ji");
-    let target = format!("--cpu-target={}", opts.cpu_target);
-
-    progress("compiling the compiler (corecompiler.ji; Julia's own build step)");
-    let mut cmd = julia_command(opts);
-    plain(&mut cmd);
-    cmd.current_dir(&base_dir)
-        .arg(&target)
-        .args(["-g0", "-O0", "--output-ji"])
-        .arg(&corecompiler)
-        .arg("compiler/compiler.jl");
-    run_streaming(
-        "compiling the compiler",
-        cmd,
-        &work.join("corecompiler.log"),
-        progress,
-        &mut |_, _| {},
-    )?;
-
-    progress("compiling Base and the standard libraries (sys.ji; a few minutes)");
-    let mut cmd = julia_command(opts);
-    plain(&mut cmd);
-    cmd.current_dir(&base_dir)
-        .arg(&target)
-        .args(["-g1", "-O0", "-J"])
-        .arg(&corecompiler)
-        .arg("--output-ji")
-        .arg(&sys_ji)
-        .arg(&sysimg);
-    run_streaming(
-        "compiling Base",
-        cmd,
-        &work.join("base.log"),
-        progress,
-        &mut |l, p| {
-            // Base.jl names each file it includes (too many to pass on);
-            // sysimg.jl prints a line per standard library and a summary.
-            let l = l.trim();
-            if !l.is_empty() && !l.ends_with(".jl") {
-                p(&format!("base: {l}"));
-            }
-        },
-    )?;
-    let _ = std::fs::remove_dir_all(work.join("base"));
-    Ok(sys_ji)
-}
-
-/// Step 4: build.jl with `--output-o` on `base`.
-fn compile(
-    opts: &BuildOptions,
-    worker_dir: &Path,
-    scripts: &Path,
-    base: &Path,
-    statements: &[PathBuf],
-    object: &Path,
-    progress: &mut dyn FnMut(&str),
-) -> Result<Contents, BuildError> {
-    let joined = std::env::join_paths(statements)
-        .map_err(|e| fail("compile")(format!("statement file names: {e}")))?;
-    let mut cmd = julia_command(opts);
-    cmd.current_dir(object.parent().unwrap_or(Path::new("/")))
-        .arg(format!("--cpu-target={}", opts.cpu_target))
-        .arg("--compiled-modules=no")
-        .arg("-J")
-        .arg(base)
-        .arg("--output-o")
-        .arg(object)
-        .arg(scripts.join("build.jl"))
-        .env("JULIA_FCGI_SYSIMAGE_WORKER", worker_dir)
-        .env("JULIA_FCGI_SYSIMAGE_PACKAGES", opts.packages.join(","))
-        .env("JULIA_FCGI_SYSIMAGE_STATEMENTS", joined);
-    progress(&format!(
-        "compiling the image on {} (worker{})",
-        base.display(),
-        if opts.packages.is_empty() {
-            String::new()
-        } else {
-            format!(", packages {}", opts.packages.join(", "))
-        }
-    ));
-    let mut contents = Contents::default();
-    let log = object.with_extension("log");
-    run_streaming("compiling the image", cmd, &log, progress, &mut |l, p| {
-        let fields: Vec<&str> = l.split('\t').collect();
-        match fields.as_slice() {
-            ["progress", text] => p(text),
-            ["package", name, uuid, dir] => contents.loaded.push(Package {
-                name: (*name).to_owned(),
-                uuid: (*uuid).to_owned(),
-                dir: PathBuf::from(dir),
-            }),
-            ["stdlib", name] => contents.stdlibs.push((*name).to_owned()),
-            ["file", path] => contents.files.push(PathBuf::from(path)),
-            ["statements", ok, failed, rejected] => {
-                contents.statements = Some(Statements {
-                    ok: ok.parse().unwrap_or(0),
-                    failed: failed.parse().unwrap_or(0),
-                    rejected: rejected.parse().unwrap_or(0),
-                })
-            }
-            _ if !l.trim().is_empty() => p(&format!("julia: {l}")),
-            _ => {}
-        }
-    })?;
-    if !object.is_file() {
-        return Err(fail("compile")(format!(
-            "julia wrote no {}",
-            object.display()
-        )));
-    }
-    Ok(contents)
-}
-
-/// Step 5. `--whole-archive`: every symbol of the object stays, as julia
-/// looks its tables up by name at start-up.
-fn link(opts: &BuildOptions, facts: &Facts, object: &Path, out: &Path) -> Result<(), BuildError> {
-    let mut cc = Command::new(&opts.cc);
-    cc.arg("-Wl,--whole-archive")
-        .arg(object)
-        .arg("-Wl,--no-whole-archive");
-    run_linker(facts, cc, out).map_err(|e| fail("link")(e.describe(&opts.cc)))
-}
-
-/// Before anything is compiled (which takes minutes, an hour on a slow
-/// CPU): the C compiler links an empty shared object against libjulia, so
-/// that a machine without one (a minimal server: the package only
-/// recommends gcc) hears it at once and what to do.
-fn check_linker(opts: &BuildOptions, facts: &Facts, work: &Path) -> Result<(), BuildError> {
-    let mut cc = Command::new(&opts.cc);
-    // An empty C file; `-x none` so that julia's libraries after it are
-    // linked, not compiled.
-    cc.args(["-x", "c", "/dev/null", "-x", "none"]);
-    run_linker(facts, cc, &work.join("link-check.so")).map_err(|e| {
-        let why = match e {
-            LinkError::Failed(_) => format!(
-                "{} cannot link an empty shared object against libjulia, so it could not link \
-                 the image either (a compiler without the C library's development files? \
-                 Debian, Ubuntu: apt install libc6-dev; Fedora, RHEL: dnf install glibc-devel): \
-                 {}",
-                opts.cc.display(),
-                e.describe(&opts.cc)
-            ),
-            e => e.describe(&opts.cc),
-        };
-        fail("link")(why)
-    })
-}
-
-/// How running the C compiler went wrong.
-enum LinkError {
-    NotInstalled,
-    CannotRun(std::io::Error),
-    /// Its exit status and the end of its complaint.
-    Failed(String),
-}
-
-impl LinkError {
-    fn describe(&self, cc: &Path) -> String {
-        match self {
-            LinkError::NotInstalled => format!(
-                "no C compiler to link the image: `{}` is not installed. Install gcc (Debian, \
-                 Ubuntu: apt install gcc; Fedora, RHEL: dnf install gcc) or name another one \
-                 with --cc",
-                cc.display()
-            ),
-            LinkError::CannotRun(e) => format!("cannot run {}: {e}", cc.display()),
-            LinkError::Failed(why) => format!("{} {why}", cc.display()),
-        }
-    }
-}
-
-/// `cc` (with its inputs already given) `-shared -o out` against julia's
-/// libraries.
-fn run_linker(facts: &Facts, mut cc: Command, out: &Path) -> Result<(), LinkError> {
-    let output = cc
-        .arg("-shared")
-        .arg("-o")
-        .arg(out)
-        .args(&facts.libraries)
-        .arg("-Wl,-z,noexecstack")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => LinkError::NotInstalled,
-            _ => LinkError::CannotRun(e),
-        })?;
-    if !output.status.success() {
-        return Err(LinkError::Failed(format!(
-            "({}): {}",
-            output.status,
-            last_lines(&String::from_utf8_lossy(&output.stderr), 20)
-        )));
-    }
-    Ok(())
 }
 
 /// Renames the linked image into place; across file systems, copies it next
@@ -793,18 +484,6 @@ fn merge_statements(files: &[PathBuf], out: &Path) -> Result<(), String> {
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
         .map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))
-}
-
-/// The end of a tool's complaint: the first error and its context are
-/// usually there, and a linker fed the wrong file prints megabytes.
-fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.trim_end().lines().collect();
-    let skip = lines.len().saturating_sub(n);
-    let mut out = lines[skip..].join("\n");
-    if skip > 0 {
-        out.insert_str(0, &format!("({skip} lines before) …\n"));
-    }
-    out
 }
 
 fn unix_now() -> u64 {

@@ -235,6 +235,14 @@ fn age(built_at: u64) -> String {
 
 /// Why the image described by `m` does not fit `inputs`, or `None`.
 fn misfit(m: &Metadata, inputs: &Inputs) -> Option<String> {
+    image_misfit(m)
+        .or_else(|| julia_misfit(m, inputs))
+        .or_else(|| worker_misfit(m, inputs))
+        .or_else(|| packages_misfit(m, inputs))
+}
+
+/// The image file is not the one its metadata describes, or unreadable.
+fn image_misfit(m: &Metadata) -> Option<String> {
     if let Some(why) = m.image.changed() {
         return Some(format!("the image does not match its metadata ({why})"));
     }
@@ -242,6 +250,11 @@ fn misfit(m: &Metadata, inputs: &Inputs) -> Option<String> {
     if let Err(e) = std::fs::File::open(&m.image.path) {
         return Some(format!("cannot read {}: {e}", m.image.path.display()));
     }
+    None
+}
+
+/// Another julia, a changed one, or another CPU.
+fn julia_misfit(m: &Metadata, inputs: &Inputs) -> Option<String> {
     if canonical(&m.julia.path) != canonical(&inputs.julia) {
         return Some(format!(
             "built for julia {} at {}, the pool runs {}",
@@ -261,6 +274,11 @@ fn misfit(m: &Metadata, inputs: &Inputs) -> Option<String> {
             "compiled for another CPU (build it on this machine, or with a portable --cpu-target)",
         ));
     }
+    None
+}
+
+/// Another worker, or one changed since the build.
+fn worker_misfit(m: &Metadata, inputs: &Inputs) -> Option<String> {
     let worker_dir = inputs.worker_dir();
     if canonical(&m.worker.dir) != worker_dir {
         return Some(format!(
@@ -282,6 +300,11 @@ fn misfit(m: &Metadata, inputs: &Inputs) -> Option<String> {
             ))
         }
     }
+    None
+}
+
+/// Other packages, another project or load path, or a package changed.
+fn packages_misfit(m: &Metadata, inputs: &Inputs) -> Option<String> {
     if m.packages != inputs.packages {
         return Some(format!(
             "it holds the packages [{}], sysimage_packages lists [{}]",

@@ -2,6 +2,7 @@
 //! temporary socket, and helpers to find what the tests need.
 #![allow(dead_code)]
 
+pub mod cgroup;
 pub mod fcgi;
 pub mod sysimage;
 pub mod web;
