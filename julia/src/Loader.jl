@@ -65,6 +65,11 @@ those of the files it included while it was loaded (their code was
 evaluated once, so editing one must reload the page). `fn` is `handle`
 (kind `:handler`) or `__page_main__` (`:compiled`); `stmts` are
 re-evaluated per request (`:fallback`).
+
+A compiled page's first run may be `first`: its main part as a `let` block
+that julia interprets (see [`first_run`](@ref)), so that the first request
+does not wait for `__page_main__` to be inferred and compiled; the worker
+compiles it when it is next idle (`Pages.idle!`), or the next request does.
 """
 mutable struct Page
     path::String
@@ -74,6 +79,7 @@ mutable struct Page
     fn::Any
     stmts::Vector{Stmt}
     reason::String
+    first::Union{Expr,Nothing}
 end
 
 same_file(p::Page, st::Base.StatStruct) = p.id == FileId(st)
@@ -306,7 +312,8 @@ function load(path::String, st::Base.StatStruct)::Page
     text = read(path, String)
     stmts = Transform.statements(parse_page(text, path))
     plan = Transform.plan(stmts)
-    page = Page(path, FileId(st), Pair{String,FileId}[], plan.kind, nothing, stmts, plan.reason)
+    page = Page(path, FileId(st), Pair{String,FileId}[], plan.kind, nothing, stmts, plan.reason,
+                nothing)
     DEPS[] = page.deps
     try
         if plan.kind === :handler
@@ -362,6 +369,7 @@ function compile!(page::Page, plan::Plan)
     if isempty(reason)
         reason = try
             page.fn = Core.eval(m, Transform.main_function(main))
+            page.first = first_run(m, main)
             ""
         catch e
             "__page_main__ does not compile: " * sprint(showerror, e)
@@ -372,6 +380,50 @@ function compile!(page::Page, plan::Plan)
         page.reason = reason
     end
     return page
+end
+
+"""
+    first_run(m, main) -> Union{Expr,Nothing}
+
+The main part as a top-level `let` block when julia would interpret it
+rather than compile it (no loop, no `ccall`/`llvmcall`: the rule of
+`jl_toplevel_eval_flex`), else `nothing`. Interpreted, its calls dispatch
+to code that is already compiled (the image's, the packages'), so a fresh
+worker answers a page's first request in a few milliseconds instead of the
+tens to hundreds julia spends inferring and compiling `__page_main__`. With
+a loop the block would be compiled itself, which only doubles the cost.
+"""
+function first_run(m::Module, main::Vector{Stmt})::Union{Expr,Nothing}
+    ex = Transform.main_let(main)
+    lowered = try
+        Meta.lower(m, ex)
+    catch e
+        Log.debug("first run: lowering the main part failed: " * sprint(showerror, e))
+        return nothing
+    end
+    (lowered isa Expr && lowered.head === :thunk) || return nothing
+    ci = lowered.args[1]
+    ci isa Core.CodeInfo || return nothing
+    return interpreted(ci.code) ? ex : nothing
+end
+
+"""Would julia interpret this top-level code (no backward jump, no foreign call)?"""
+function interpreted(code::Vector{Any})::Bool
+    for (i, st) in enumerate(code)
+        st isa Core.GotoNode && st.label <= i && return false
+        isdefined(Core, :GotoIfNot) && st isa Core.GotoIfNot && st.dest <= i && return false
+        st isa Expr || continue
+        st.head === :gotoifnot && st.args[2] isa Int && st.args[2] <= i && return false
+        calls_foreign(st) && return false
+    end
+    return true
+end
+
+function calls_foreign(ex::Expr)::Bool
+    ex.head === :foreigncall && return true
+    ex.head === :call && !isempty(ex.args) && ex.args[1] isa GlobalRef &&
+        ex.args[1].name === :llvmcall && return true
+    return any(a -> a isa Expr && calls_foreign(a), ex.args)
 end
 
 const OWN_NAMES = (:eval, :include, :exit, :Page, Transform.MAIN_NAME)

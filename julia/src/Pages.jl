@@ -47,6 +47,7 @@ mutable struct Runtime
     baseline::Isolation.Baseline
     warned_tasks::Set{String}   # pages already told that their tasks were stopped
     collect::Bool            # a page left streams of its own behind: GC when idle
+    to_compile::Vector{Page} # pages whose first run was interpreted: compile when idle
 end
 
 # The working directory can be gone (deleted under us): then we do not know
@@ -61,13 +62,14 @@ function Runtime(settings::Settings)
     Stdio.remember_worker_streams!(stdin, stdout, stderr)
     return Runtime(settings, Dict{String,Page}(), Env.EnvState(), cwd, stdin, stdout, stderr,
                    nothing, Base.PROGRAM_FILE, false, ResponseIO(), -1, "", nothing,
-                   Isolation.baseline(), Set{String}(), false)
+                   Isolation.baseline(), Set{String}(), false, Page[])
 end
 
 """
-Between requests: give the process its own environment and fds back, and
+Between requests: give the process its own environment and fds back,
 collect the garbage a page left (streams it left in place hold descriptors
-until their finalizers run).
+until their finalizers run), and compile the pages whose first run was
+interpreted.
 """
 function idle!(rt::Runtime)
     Env.restore!(rt.env)
@@ -76,11 +78,31 @@ function idle!(rt::Runtime)
         rt.collect = false
         GC.gc(false)     # young objects, where such streams are: fast
     end
+    isempty(rt.to_compile) || compile_pending!(rt)
     return nothing
 end
 
-"""Are the worker's own environment and fds in place?"""
-isidle(rt::Runtime) = Env.isrestored(rt.env) && Stdio.isrestored() && !rt.collect
+"""Are the worker's own environment and fds in place, and nothing left to do?"""
+isidle(rt::Runtime) = Env.isrestored(rt.env) && Stdio.isrestored() && !rt.collect &&
+                      isempty(rt.to_compile)
+
+"""`__page_main__` of the pages served once, interpreted (`Loader.first_run`):
+inferred and compiled now, while no request waits for this worker, unless
+the page changed meanwhile (then its next load decides again)."""
+function compile_pending!(rt::Runtime)
+    while !isempty(rt.to_compile)
+        page = pop!(rt.to_compile)
+        get(rt.cache, page.path, nothing) === page || continue
+        try
+            precompile(page.fn, ())
+        catch e
+            Log.debug("compiling a page ahead of its next request failed (it is compiled " *
+                      "then): " * sprint(showerror, e), "SCRIPT_FILENAME" => page.path)
+        end
+        Trace.FILE[] === nothing || trace!(page)
+    end
+    return nothing
+end
 
 # ------------------------------------------------------------------ checks
 
@@ -165,7 +187,7 @@ function run!(rt::Runtime, page::Union{Page,Nothing}, path::String, st::Base.Sta
             # Tasks a handler page's top level started live with the page;
             # from here on they are the request's.
             mark = Isolation.enter()
-            call_page(page)
+            call_page(rt, page)
         catch e
             err, bt = e, catch_backtrace()
         end
@@ -205,9 +227,14 @@ function left_behind!(rt::Runtime, mark::Isolation.Mark, params)
 end
 
 # Dispatch on the page kind; the page's own code is always called through
-# invokelatest (it was defined after this function was compiled).
-function call_page(page::Page)
-    if page.kind === :fallback
+# invokelatest (it was defined after this function was compiled). A
+# compiled page's first run is interpreted when it can be (`page.first`).
+function call_page(rt::Runtime, page::Page)
+    if page.first !== nothing
+        ex, page.first = page.first, nothing       # once, even if it throws
+        push!(rt.to_compile, page)
+        Core.eval(parentmodule(page.fn), ex)
+    elseif page.kind === :fallback
         m = Loader.page_module(page.path; per_request=true)
         for s in page.stmts
             Loader.eval_stmt(m, s)

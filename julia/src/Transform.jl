@@ -231,15 +231,25 @@ end
 
 fallback(stmts, reason) = Plan(:fallback, stmts, Stmt[], Stmt[], reason)
 
-"""The definition of `__page_main__()` for a compiled plan's main part."""
-function main_function(main::Vector{Stmt})::Expr
+"""The body of `__page_main__()`: the main part at its lines, then `return nothing`."""
+function main_body(main::Vector{Stmt})::Expr
     body = Expr(:block)
     for s in main
         push!(body.args, s.line, s.ex)
     end
     push!(body.args, :(return nothing))
-    return Expr(:function, Expr(:call, MAIN_NAME), body)
+    return body
 end
+
+"""The definition of `__page_main__()` for a compiled plan's main part."""
+main_function(main::Vector{Stmt})::Expr = Expr(:function, Expr(:call, MAIN_NAME), main_body(main))
+
+"""
+The same main part as one top-level `let` block: a hard local scope like the
+function's body (its variables are locals, `return` ends it), which julia
+evaluates in its interpreter when it has no loop (see `Loader.first_run`).
+"""
+main_let(main::Vector{Stmt})::Expr = Expr(:let, Expr(:block), main_body(main))
 
 include("Scope.jl")
 

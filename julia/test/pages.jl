@@ -242,6 +242,97 @@ const HDR = "Content-Type: text/plain\n\n"
     end
 end
 
+@testset "a compiled page's first run is interpreted" begin
+    lowered(src) = Meta.lower(Main, Meta.parse(src)).args[1].code
+    @test Loader.interpreted(lowered("let; x = f(1); println(x); end"))
+    @test !Loader.interpreted(lowered("let; s = 0; for i in 1:3; s += i; end; end"))
+    @test !Loader.interpreted(lowered("let; n = 0; while n < 3; n += 1; end; end"))
+    @test !Loader.interpreted(lowered("let; p = ccall(:getpid, Cint, ()); end"))
+
+    www = realpath(mktempdir())
+    rt = Pages.Runtime(settings())
+    run_once(path; query="") = begin         # no idle! between requests
+        params = Dict("SCRIPT_FILENAME" => path, "QUERY_STRING" => query,
+                      "REQUEST_METHOD" => "GET", "REQUEST_URI" => "/" * basename(path))
+        resp = Output.reset!(Output.ResponseIO(), -1, 1)
+        status = Pages.serve!(rt, params, UInt8[], resp)
+        (out=String(resp.buf.data[1:resp.buf.len]), status=status)
+    end
+    logpath = joinpath(www, "log.txt")
+    logfd = ccall(:open, Cint, (Cstring, Cint, Cint), logpath, 0o1101, 0o600)
+    Log.init!(logfd; control=true)
+    try
+        src = """
+            const K = 2
+            twice(x) = K * x
+            q = get(ENV, "QUERY_STRING", "")
+            print("$(escape_string(HDR))")
+            println(twice(21), " ", q)
+            q == "stop" && return
+            v = [1.0, 2.0]
+            println(sum(v), " end")
+            """
+        p = write_page(www, "first.jl", src)
+        r1 = run_once(p; query="a")
+        page = rt.cache[p]
+        @test r1.status == 0 && r1.out == HDR * "42 a\n3.0 end\n"
+        @test page.kind === :compiled && page.first === nothing && rt.to_compile == [page]
+        @test !Pages.isidle(rt)
+        # The page's variables were the let block's locals, not globals.
+        @test !isdefined(parentmodule(page.fn), :q) && !isdefined(parentmodule(page.fn), :v)
+        r2 = run_once(p; query="stop")       # the compiled function, before any idle time
+        @test r2.out == HDR * "42 stop\n"
+        Pages.idle!(rt)
+        @test isempty(rt.to_compile) && Pages.isidle(rt)
+        @test run_once(p; query="b").out == HDR * "42 b\n3.0 end\n"
+
+        # `return` in the interpreted run ends the page as in the function.
+        p = write_page(www, "firststop.jl", src)
+        @test run_once(p; query="stop").out == HDR * "42 stop\n"
+        Pages.idle!(rt)
+
+        # Compiled at the next idle time: the next request runs the function.
+        p = write_page(www, "idle.jl", "print(\"$(escape_string(HDR))\")\nprintln(length(ENV[\"QUERY_STRING\"]))\n")
+        @test run_once(p; query="xyz").out == HDR * "3\n"
+        page = rt.cache[p]
+        Pages.idle!(rt)
+        @test isempty(rt.to_compile)
+        @test run_once(p; query="xy").out == HDR * "2\n"
+
+        # A loop or a ccall: compiled from the first request, as julia would.
+        p = write_page(www, "loop.jl", "t = 0\nfor i in 1:4\n    t += i\nend\nprint(t)\n")
+        @test run_once(p).out == "10" && isempty(rt.to_compile)
+        p = write_page(www, "ccall.jl", "print(ccall(:getpid, Cint, ()) == getpid())\n")
+        @test run_once(p).out == "true" && isempty(rt.to_compile)
+
+        # A first run that throws is a 500 like any other, at the page's line;
+        # the compiled function raises the same at the same line.
+        p = write_page(www, "firstthrows.jl", "x = 1\nerror(\"first failure \$x\")\n")
+        @test startswith(run_once(p).out, "Status: 500")
+        Pages.idle!(rt)
+        @test startswith(run_once(p).out, "Status: 500")
+        l = filter(l -> occursin("first failure 1", l), split(read(logpath, String), '\n'))
+        @test length(l) == 2 && all(x -> occursin("$p:2", x), l)
+
+        # Edited between its interpreted run and the idle time: the stale
+        # page is not compiled; the new one gets its own first run.
+        p = write_page(www, "edited.jl", "print(\"one\")\n")
+        @test run_once(p).out == "one"
+        old = rt.cache[p]
+        write(p, "print(\"two, longer\")\n")
+        @test run_once(p).out == "two, longer"
+        @test rt.cache[p] !== old && length(rt.to_compile) == 2
+        Pages.idle!(rt)
+        @test isempty(rt.to_compile) && run_once(p).out == "two, longer"
+    finally
+        Pages.idle!(rt)
+        Log.init!(2; control=false)
+        ccall(:close, Cint, (Cint,), logfd)
+        cd(@__DIR__)
+        rm(www; recursive=true, force=true)
+    end
+end
+
 @testset "warm-up leaves the worker where it was" begin
     # Its pages run in a temporary directory, which it removes: a worker
     # left in there would wait in a deleted directory.
