@@ -7,7 +7,9 @@ and, in their place among them, whatever else reached the page's fd 1 — child
 processes, C `printf` — which lands in a memory file (`Stdio`) and is taken
 in each time the page writes (see [`sync!`](@ref)). At the end of the
 request the CGI output (header lines, a blank line, the body) becomes FastCGI
-STDOUT records plus END_REQUEST, sent with one `write(2)`. Output past
+STDOUT records plus END_REQUEST, sent with one `sendmsg(2)`: the record
+headers are assembled in `out`, and a large body goes to the kernel straight
+from the page's buffer (one copy fewer, see [`Piece`](@ref)). Output past
 [`STREAM_THRESHOLD`](@ref) is streamed as it comes, so a large page does not
 sit in memory.
 """
@@ -30,6 +32,22 @@ const CRLF = "\r\n"
 const STATUS_302 = "Status: 302 Found\r\n"
 
 """
+One part of a send: bytes of `io.out` (record headers, padding, small
+bodies), or bytes of the page's buffer `io.buf` sent where they are. A body
+slice of [`GATHER_MIN`](@ref) bytes or more is not copied into `out`; the
+kernel takes it from `buf` (which nothing writes to before the send).
+"""
+struct Piece
+    inbuf::Bool          # io.buf.data, else io.out.data
+    off::Int             # 0-based offset there
+    len::Int
+end
+
+"""Body bytes below this are copied next to their record header (one iovec
+fewer is worth more than a copy that small)."""
+const GATHER_MIN = 4096
+
+"""
     ResponseIO(fd, rid)
 
 The response of one request on connection `fd` (request id `rid`). With
@@ -45,7 +63,10 @@ mutable struct ResponseIO <: IO
     started::UInt64      # time_ns() at reset!: when flush() starts streaming
     streamed::Bool       # the header block (and some body) has been sent
     broken::Bool         # the client went away: discard further output
-    out::ByteBuf         # records being assembled for one write(2)
+    out::ByteBuf         # records being assembled for one send
+    pieces::Vector{Piece} # what the send is made of, in order, when it takes body bytes in place
+    cut::Int             # bytes of `out` already covered by `pieces`
+    iov::Vector{Posix.IOVec}  # the send's iovecs (reused)
     hdr::ByteBuf         # the normalized header block
     err::String          # one FCGI_STDERR message for the web server's log
     send_timeout_ms::Int # a client that reads nothing this long is gone (read_timeout)
@@ -53,13 +74,14 @@ end
 
 ResponseIO(fd::Integer=-1, rid::Integer=0; send_timeout_ms::Int=10_000) =
     ResponseIO(ByteBuf(16 * 1024), Cint(fd), Int(rid), Cint(-1), 0, UInt64(0), false, false,
-               ByteBuf(16 * 1024), ByteBuf(1024), "", send_timeout_ms)
+               ByteBuf(16 * 1024), Piece[], 0, Posix.IOVec[], ByteBuf(1024), "",
+               send_timeout_ms)
 
 """Prepare `io` for a new request (buffers are kept, oversized ones shrunk).
 `mfd`/`mseen`: the page's fd 1 file and how much of it is old news."""
 function reset!(io::ResponseIO, fd::Integer, rid::Integer; mfd::Integer=-1, mseen::Integer=0)
     FastCGI.shrink!(FastCGI.reset!(io.buf), 4 * STREAM_THRESHOLD)
-    FastCGI.shrink!(FastCGI.reset!(io.out), 4 * STREAM_THRESHOLD)
+    FastCGI.shrink!(clear_out!(io).out, 4 * STREAM_THRESHOLD)
     FastCGI.reset!(io.hdr)
     io.fd = Cint(fd)
     io.rid = Int(rid)
@@ -302,28 +324,66 @@ end
 # ------------------------------------------------------------- records out
 
 """
-    put_stdout!(out, rid, hdr, buf, first, last)
+    put_stdout!(io, body_start)
 
-Append STDOUT records carrying the header block `hdr` followed by
-`buf[first:last]`, filling each record from both so a small response is one
-record.
+Append STDOUT records carrying the normalized header block `io.hdr` followed
+by the body `io.buf.data[body_start:io.buf.len]`, filling each record from
+both so a small response is one record.
 """
-function put_stdout!(out::ByteBuf, rid::Int, hdr::ByteBuf, buf::Vector{UInt8},
-                     first::Int, last::Int)
+function put_stdout!(io::ResponseIO, body_start::Int)
+    out, hdr, rid = io.out, io.hdr, io.rid
     a = hdr.len
-    total = a + max(0, last - first + 1)
+    total = a + max(0, io.buf.len - body_start + 1)
     off = 0
-    GC.@preserve hdr buf while off < total
+    GC.@preserve hdr while off < total
         m = min(STREAM_CHUNK, total - off)
         pad = padding(m)
         put_header!(out, FastCGI.STDOUT, rid, m, pad)
         k = off < a ? min(m, a - off) : 0
         k > 0 && add!(out, pointer(hdr.data, off + 1), k)
-        k < m && add!(out, pointer(buf, first + max(0, off - a)), m - k)
+        k < m && put_body!(io, body_start + max(0, off - a), m - k)
         put_padding!(out, pad)
         off += m
     end
-    return out
+    return io
+end
+
+"""STDOUT records for `io.buf.data[first:first+n-1]` (the streamed case)."""
+function put_streamed!(io::ResponseIO, first::Int, n::Int)
+    off = 0
+    while off < n
+        m = min(STREAM_CHUNK, n - off)
+        pad = padding(m)
+        put_header!(io.out, FastCGI.STDOUT, io.rid, m, pad)
+        put_body!(io, first + off, m)
+        put_padding!(io.out, pad)
+        off += m
+    end
+    return io
+end
+
+"""`n` body bytes from `io.buf.data[first]` on: copied into `out` when few,
+else a piece of their own (sent in place)."""
+function put_body!(io::ResponseIO, first::Int, n::Int)
+    if n < GATHER_MIN
+        d = io.buf.data
+        GC.@preserve d add!(io.out, pointer(d, first), n)
+    else
+        cut!(io)
+        push!(io.pieces, Piece(true, first - 1, n))
+    end
+    return nothing
+end
+
+"""Nothing assembled for a send."""
+clear_out!(io::ResponseIO) = (FastCGI.reset!(io.out); empty!(io.pieces); io.cut = 0; io)
+
+"""What `out` holds past the pieces so far becomes a piece."""
+function cut!(io::ResponseIO)
+    n = io.out.len - io.cut
+    n > 0 && push!(io.pieces, Piece(false, io.cut, n))
+    io.cut = io.out.len
+    return nothing
 end
 
 """Append the records for everything buffered: header block first when it
@@ -331,24 +391,25 @@ has not been sent yet."""
 function put_pending!(io::ResponseIO)
     b = io.buf
     if io.streamed
-        b.len > 0 && GC.@preserve b put_stream!(io.out, FastCGI.STDOUT, io.rid,
-                                                pointer(b.data), b.len)
+        b.len > 0 && put_streamed!(io, 1, b.len)
     else
         hdr_end, body_start = header_block(b.data, b.len)
         normalize_headers!(io.hdr, b.data, max(hdr_end, 0))
-        put_stdout!(io.out, io.rid, io.hdr, b.data, body_start, b.len)
+        put_stdout!(io, body_start)
         io.streamed = true
     end
-    b.len = 0
+    b.len = 0        # its bytes stay where they are until the send
     return io
 end
 
 function send_out!(io::ResponseIO)::Bool
-    io.broken && return false
-    rc = Posix.write_all(io.fd, io.out.data, io.out.len; nonblocking=true,
-                         timeout_ms=io.send_timeout_ms)
-    FastCGI.reset!(io.out)
+    rc = io.broken ? Cint(-1) : isempty(io.pieces) ?
+        Posix.write_all(io.fd, io.out.data, io.out.len; nonblocking=true,
+                        timeout_ms=io.send_timeout_ms) :
+        send_pieces!(io)
+    clear_out!(io)
     rc == 0 && return true
+    io.broken && return false
     io.broken = true        # EPIPE / ECONNRESET / timeout: the client is gone
     rc == Posix.EAGAIN &&
         Log.info("closing FastCGI connection: the front end read none of the response for " *
@@ -356,9 +417,23 @@ function send_out!(io::ResponseIO)::Bool
     return false
 end
 
+"""One gathered send of the pieces (`out`'s tail included)."""
+function send_pieces!(io::ResponseIO)::Cint
+    cut!(io)
+    iov, out, buf = io.iov, io.out.data, io.buf.data
+    resize!(iov, length(io.pieces))
+    GC.@preserve out buf begin
+        for (i, p) in enumerate(io.pieces)
+            base = p.inbuf ? pointer(buf, p.off + 1) : pointer(out, p.off + 1)
+            @inbounds iov[i] = Posix.IOVec(base, p.len)
+        end
+        return Posix.writev_all(io.fd, iov; nonblocking=true, timeout_ms=io.send_timeout_ms)
+    end
+end
+
 """Send what is buffered now (called when the buffer passes the threshold)."""
 function stream!(io::ResponseIO)
-    FastCGI.reset!(io.out)
+    clear_out!(io)
     put_pending!(io)
     send_out!(io)
     return nothing
@@ -374,7 +449,7 @@ client had gone away.
 """
 function finish!(io::ResponseIO, app_status::Integer=0)::Bool
     sync!(io)
-    FastCGI.reset!(io.out)
+    clear_out!(io)
     if !isempty(io.err)
         put_stream!(io.out, FastCGI.STDERR, io.rid, io.err)
         put_empty!(io.out, FastCGI.STDERR, io.rid)

@@ -165,6 +165,82 @@ function write_all(fd::Cint, buf::Vector{UInt8}, n::Int=length(buf);
                                timeout_ms=timeout_ms)
 end
 
+"""`struct iovec`: one piece of a gathered write."""
+struct IOVec
+    base::Ptr{UInt8}
+    len::Csize_t
+end
+
+IOVec(p::Ptr{UInt8}, n::Int) = IOVec(p, Csize_t(n))
+
+"""`struct msghdr` (no address, no control data)."""
+struct MsgHdr
+    name::Ptr{Cvoid}
+    namelen::Cuint
+    iov::Ptr{IOVec}
+    iovlen::Csize_t
+    control::Ptr{Cvoid}
+    controllen::Csize_t
+    flags::Cint
+end
+
+"""At most this many iovecs per call (Linux's IOV_MAX is 1024)."""
+const IOV_BATCH = 512
+
+"""
+    writev_all(fd, iov; nonblocking=false, timeout_ms=10_000) -> 0 or errno
+
+[`write_all`](@ref) of the bytes the iovecs name, in order, as few system
+calls as the kernel takes them in: `sendmsg(2)` (`writev(2)` when `fd` is not
+a socket). A short write moves on within `iov`, which this changes.
+"""
+function writev_all(fd::Cint, iov::Vector{IOVec}; nonblocking::Bool=false,
+                    timeout_ms::Int=10_000)::Cint
+    flags = nonblocking ? MSG_NOSIGNAL | MSG_DONTWAIT : MSG_NOSIGNAL
+    socket = true
+    i = 1
+    n = length(iov)
+    while i <= n
+        @inbounds iov[i].len == 0 && (i += 1; continue)
+        cnt = min(n - i + 1, IOV_BATCH)
+        r = GC.@preserve iov begin
+            p = pointer(iov, i)
+            if socket
+                msg = Ref(MsgHdr(C_NULL, 0, p, cnt, C_NULL, 0, 0))
+                ccall(:sendmsg, Cssize_t, (Cint, Ptr{MsgHdr}, Cint), fd, msg, flags)
+            else
+                ccall(:writev, Cssize_t, (Cint, Ptr{IOVec}, Cint), fd, p, cnt)
+            end
+        end
+        if r >= 0
+            left = Int(r)
+            while left > 0                      # skip what was sent
+                @inbounds v = iov[i]
+                if left >= Int(v.len)
+                    left -= Int(v.len)
+                    i += 1
+                else
+                    @inbounds iov[i] = IOVec(v.base + left, v.len - Csize_t(left))
+                    left = 0
+                end
+            end
+            continue
+        end
+        e = errno()
+        if e == EINTR
+            continue
+        elseif e == ENOTSOCK && socket
+            socket = false          # a pipe or a file: plain writev(2)
+        elseif e == EAGAIN
+            rc, _, _ = poll2(fd, POLLOUT, Cint(-1), Cshort(0), timeout_ms)
+            rc > 0 || return EAGAIN
+        else
+            return e
+        end
+    end
+    return Cint(0)
+end
+
 """Close `fd`, ignoring errors (there is nothing useful to do about them)."""
 closefd(fd::Cint) = (ccall(:close, Cint, (Cint,), fd); nothing)
 

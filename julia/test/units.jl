@@ -229,6 +229,76 @@ end
     end
 end
 
+@testset "gathered sends (writev_all)" begin
+    pieces = [rand(UInt8, 8), rand(UInt8, 3 << 20), UInt8[], rand(UInt8, 5), rand(UInt8, 1 << 20)]
+    whole = reduce(vcat, pieces)
+    iovs() = [Posix.IOVec(pointer(p), length(p)) for p in pieces]
+    # A real reader process on the other end: many short sends, each moving
+    # on inside the iovecs.
+    a, b = Posix.socketpair()
+    out = tempname()
+    reader = run(pipeline(`cat`, stdin=RawFD(b), stdout=out), wait=false)
+    Posix.closefd(b)
+    rc = GC.@preserve pieces Posix.writev_all(a, iovs(); nonblocking=true, timeout_ms=10_000)
+    Posix.closefd(a)
+    wait(reader)
+    @test rc == 0 && read(out) == whole
+    rm(out)
+    # A pipe (not a socket): writev(2).
+    fds = Vector{Cint}(undef, 2)
+    @test ccall(:pipe, Cint, (Ptr{Cint},), fds) == 0
+    r, w = fds
+    small = [pieces[1], pieces[4]]
+    @test GC.@preserve small Posix.writev_all(w, [Posix.IOVec(pointer(p), length(p)) for p in small]) == 0
+    got = Vector{UInt8}(undef, 13)
+    @test Posix.read_some(r, got, 0, 13) == 13 && got == vcat(small...)
+    Posix.closefd(r); Posix.closefd(w)
+    # A peer that reads nothing: EAGAIN after the timeout, and what it got
+    # is exactly the start of the whole.
+    a, b = Posix.socketpair()
+    try
+        t = time_ns()
+        @test GC.@preserve pieces Posix.writev_all(a, iovs(); nonblocking=true, timeout_ms=300) == Posix.EAGAIN
+        @test 250 <= (time_ns() - t) / 1e6 < 3000
+        Posix.set_nonblocking(b, true)
+        buf = Vector{UInt8}(undef, length(whole))
+        n = 0
+        while (k = Posix.read_some(b, buf, n, length(buf) - n)) > 0
+            n += k
+        end
+        @test 8 < n < length(whole) && buf[1:n] == whole[1:n]
+    finally
+        Posix.closefd(a); Posix.closefd(b)
+    end
+end
+
+@testset "a large body is sent from the page's buffer, framed as before" begin
+    a, b = Posix.socketpair()
+    try
+        body = rand(UInt8, 100 * 1024 + 3)
+        io = Output.reset!(Output.ResponseIO(), a, 7)
+        write(io, "Content-Type: application/octet-stream\r\n\r\n")
+        write(io, body)
+        @test Output.finish!(io, 0)
+        Posix.shutdown_write(a)
+        got = UInt8[]
+        chunk = Vector{UInt8}(undef, 1 << 16)
+        while (k = Posix.read_some(b, chunk, 0, length(chunk))) > 0
+            append!(got, chunk[1:k])
+        end
+        records, rest = FastCGI.decode_records(got)
+        @test rest == 0 && all(r -> r.rid == 7, records)
+        stdout_bytes = reduce(vcat, (r.content for r in records if r.type == FastCGI.STDOUT))
+        @test stdout_bytes == vcat(Vector{UInt8}("Content-Type: application/octet-stream\r\n\r\n"), body)
+        @test [r.type for r in records[end-1:end]] == [FastCGI.STDOUT, FastCGI.END_REQUEST]
+        @test isempty(records[end-1].content)          # the empty STDOUT record
+        @test all(r -> length(r.content) <= FastCGI.STREAM_CHUNK, records)
+        @test isempty(io.pieces) && io.out.len == 0   # nothing left for the next send
+    finally
+        Posix.closefd(a); Posix.closefd(b)
+    end
+end
+
 @testset "a send to a peer that reads nothing gives up after its timeout" begin
     a, b = Posix.socketpair()
     try
