@@ -144,19 +144,30 @@ function write_all(fd::Cint, p::Ptr{UInt8}, n::Int; socket::Bool=true,
             off += Int(r)
             continue
         end
-        e = errno()
-        if e == EINTR
-            continue
-        elseif e == ENOTSOCK && socket
-            socket = false          # stderr or a pipe: plain write(2)
-        elseif e == EAGAIN
-            rc, _, _ = poll2(fd, POLLOUT, Cint(-1), Cshort(0), timeout_ms)
-            rc > 0 || return EAGAIN
-        else
-            return e
-        end
+        next = after_failed_send(fd, errno(), socket, timeout_ms)
+        next == PLAIN ? (socket = false) :      # stderr or a pipe: plain write(2)
+            next == RETRY || return next
     end
     return Cint(0)
+end
+
+const RETRY = Cint(0)
+const PLAIN = Cint(-1)
+
+"""
+What a send that failed with `e` does next: `RETRY` (EINTR, or EAGAIN and
+the fd became writable within `timeout_ms`), `PLAIN` (not a socket: go on
+with write(2)/writev(2)), else the errno to give up with (EAGAIN when the
+peer read nothing for `timeout_ms`).
+"""
+function after_failed_send(fd::Cint, e::Cint, socket::Bool, timeout_ms::Int)::Cint
+    e == EINTR && return RETRY
+    e == ENOTSOCK && socket && return PLAIN
+    if e == EAGAIN
+        rc, _, _ = poll2(fd, POLLOUT, Cint(-1), Cshort(0), timeout_ms)
+        return rc > 0 ? RETRY : EAGAIN
+    end
+    return e
 end
 
 function write_all(fd::Cint, buf::Vector{UInt8}, n::Int=length(buf);
@@ -226,17 +237,9 @@ function writev_all(fd::Cint, iov::Vector{IOVec}; nonblocking::Bool=false,
             end
             continue
         end
-        e = errno()
-        if e == EINTR
-            continue
-        elseif e == ENOTSOCK && socket
-            socket = false          # a pipe or a file: plain writev(2)
-        elseif e == EAGAIN
-            rc, _, _ = poll2(fd, POLLOUT, Cint(-1), Cshort(0), timeout_ms)
-            rc > 0 || return EAGAIN
-        else
-            return e
-        end
+        next = after_failed_send(fd, errno(), socket, timeout_ms)
+        next == PLAIN ? (socket = false) :      # a pipe or a file: plain writev(2)
+            next == RETRY || return next
     end
     return Cint(0)
 end

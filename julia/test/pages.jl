@@ -59,13 +59,14 @@ function write_page(dir, name, text)
     return path
 end
 
-function serve(rt, path; query="", body="", method="GET", extra=Dict{String,String}())
+function serve(rt, path; query="", body="", method="GET", extra=Dict{String,String}(),
+               idle=true)
     params = merge(Dict("SCRIPT_FILENAME" => path, "QUERY_STRING" => query,
                         "REQUEST_METHOD" => method, "REQUEST_URI" => "/" * basename(path),
                         "CONTENT_LENGTH" => string(sizeof(body))), extra)
     resp = Output.reset!(Output.ResponseIO(), -1, 1)
     status = Pages.serve!(rt, params, Vector{UInt8}(body), resp)
-    Pages.idle!(rt)                 # give the test process its ENV back
+    idle && Pages.idle!(rt)         # give the test process its ENV back
     page = get(rt.cache, path, nothing)
     return (out=String(resp.buf.data[1:resp.buf.len]), status=status, err=resp.err,
             kind=page === nothing ? :none : page.kind, reason=page === nothing ? "" : page.reason)
@@ -251,13 +252,7 @@ end
 
     www = realpath(mktempdir())
     rt = Pages.Runtime(settings())
-    run_once(path; query="") = begin         # no idle! between requests
-        params = Dict("SCRIPT_FILENAME" => path, "QUERY_STRING" => query,
-                      "REQUEST_METHOD" => "GET", "REQUEST_URI" => "/" * basename(path))
-        resp = Output.reset!(Output.ResponseIO(), -1, 1)
-        status = Pages.serve!(rt, params, UInt8[], resp)
-        (out=String(resp.buf.data[1:resp.buf.len]), status=status)
-    end
+    run_once(path; query="") = serve(rt, path; query=query, idle=false)   # no idle time
     logpath = joinpath(www, "log.txt")
     logfd = ccall(:open, Cint, (Cstring, Cint, Cint), logpath, 0o1101, 0o600)
     Log.init!(logfd; control=true)
