@@ -66,8 +66,8 @@ evaluated once, so editing one must reload the page). `fn` is `handle`
 (kind `:handler`) or `__page_main__` (`:compiled`); `stmts` are
 re-evaluated per request (`:fallback`).
 
-A compiled page's first run may be `first`: its main part as a `let` block
-that julia interprets (see [`first_run`](@ref)), so that the first request
+A compiled page's first run may be `first`: its main part as a `let` block,
+lowered once, that julia interprets (see [`first_run`](@ref)), so that the first request
 does not wait for `__page_main__` to be inferred and compiled; the worker
 compiles it when it is next idle (`Pages.idle!`), or the next request does.
 """
@@ -385,7 +385,8 @@ end
 """
     first_run(m, main) -> Union{Expr,Nothing}
 
-The main part as a top-level `let` block when julia would interpret it
+The main part as a top-level `let` block, lowered (the thunk `Core.eval`
+runs as it is), when julia would interpret it
 rather than compile it (no loop, no `ccall`/`llvmcall`: the rule of
 `jl_toplevel_eval_flex`), else `nothing`. Interpreted, its calls dispatch
 to code that is already compiled (the image's, the packages'), so a fresh
@@ -404,7 +405,7 @@ function first_run(m::Module, main::Vector{Stmt})::Union{Expr,Nothing}
     (lowered isa Expr && lowered.head === :thunk) || return nothing
     ci = lowered.args[1]
     ci isa Core.CodeInfo || return nothing
-    return interpreted(ci.code) ? ex : nothing
+    return interpreted(ci.code) ? lowered : nothing
 end
 
 """Would julia interpret this top-level code (no backward jump, no foreign call)?"""

@@ -403,13 +403,13 @@ function put_pending!(io::ResponseIO)
 end
 
 function send_out!(io::ResponseIO)::Bool
-    rc = io.broken ? Cint(-1) : isempty(io.pieces) ?
+    io.broken && (clear_out!(io); return false)
+    rc = isempty(io.pieces) ?
         Posix.write_all(io.fd, io.out.data, io.out.len; nonblocking=true,
                         timeout_ms=io.send_timeout_ms) :
         send_pieces!(io)
     clear_out!(io)
     rc == 0 && return true
-    io.broken && return false
     io.broken = true        # EPIPE / ECONNRESET / timeout: the client is gone
     rc == Posix.EAGAIN &&
         Log.info("closing FastCGI connection: the front end read none of the response for " *

@@ -77,14 +77,25 @@ settings(; roots=String[], dev=false) =
 
 const HDR = "Content-Type: text/plain\n\n"
 
-@testset "CGI runtime" begin
+"""`f(www, loglines)` in a fresh page directory whose `log.txt` is the
+worker's log (`loglines()` its entries); all put back afterwards."""
+function with_page_dir(f)
     www = realpath(mktempdir())
     logpath = joinpath(www, "log.txt")
     logfd = ccall(:open, Cint, (Cstring, Cint, Cint), logpath, 0o1101, 0o600)
     Log.init!(logfd; control=true)
-    loglines() = filter(!isempty, split(read(logpath, String), '\n'))
-    rt = Pages.Runtime(settings())
     try
+        return f(www, () -> filter(!isempty, split(read(logpath, String), '\n')))
+    finally
+        Log.init!(2; control=false)
+        ccall(:close, Cint, (Cint,), logfd)
+        cd(@__DIR__)
+        rm(www; recursive=true, force=true)
+    end
+end
+
+@testset "CGI runtime" begin with_page_dir() do www, loglines
+    rt = Pages.Runtime(settings())
         p = write_page(www, "soft.jl", "println(\"$(escape_string(HDR))\")\nx = 0\nfor i in 1:3\n    x += i\nend\nprintln(x)\n")
         r = serve(rt, p)
         @test r.kind === :compiled && endswith(r.out, "\n6\n")
@@ -235,13 +246,7 @@ const HDR = "Content-Type: text/plain\n\n"
         rd = Pages.Runtime(settings(dev=true))
         r = serve(rd, joinpath(www, "throws.jl"))
         @test occursin("page failure", r.out) && occursin("throws.jl:2", r.out)
-    finally
-        Log.init!(2; control=false)
-        ccall(:close, Cint, (Cint,), logfd)
-        cd(@__DIR__)
-        rm(www; recursive=true, force=true)
-    end
-end
+end end
 
 @testset "a compiled page's first run is interpreted" begin
     lowered(src) = Meta.lower(Main, Meta.parse(src)).args[1].code
@@ -250,12 +255,9 @@ end
     @test !Loader.interpreted(lowered("let; n = 0; while n < 3; n += 1; end; end"))
     @test !Loader.interpreted(lowered("let; p = ccall(:getpid, Cint, ()); end"))
 
-    www = realpath(mktempdir())
+    with_page_dir() do www, loglines
     rt = Pages.Runtime(settings())
     run_once(path; query="") = serve(rt, path; query=query, idle=false)   # no idle time
-    logpath = joinpath(www, "log.txt")
-    logfd = ccall(:open, Cint, (Cstring, Cint, Cint), logpath, 0o1101, 0o600)
-    Log.init!(logfd; control=true)
     try
         src = """
             const K = 2
@@ -306,7 +308,7 @@ end
         @test startswith(run_once(p).out, "Status: 500")
         Pages.idle!(rt)
         @test startswith(run_once(p).out, "Status: 500")
-        l = filter(l -> occursin("first failure 1", l), split(read(logpath, String), '\n'))
+        l = filter(l -> occursin("first failure 1", l), loglines())
         @test length(l) == 2 && all(x -> occursin("$p:2", x), l)
 
         # Edited between its interpreted run and the idle time: the stale
@@ -320,11 +322,8 @@ end
         Pages.idle!(rt)
         @test isempty(rt.to_compile) && run_once(p).out == "two, longer"
     finally
-        Pages.idle!(rt)
-        Log.init!(2; control=false)
-        ccall(:close, Cint, (Cint,), logfd)
-        cd(@__DIR__)
-        rm(www; recursive=true, force=true)
+        Pages.idle!(rt)                  # the process's own ENV back
+    end
     end
 end
 

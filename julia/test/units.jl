@@ -280,19 +280,16 @@ end
         write(io, "Content-Type: application/octet-stream\r\n\r\n")
         write(io, body)
         @test Output.finish!(io, 0)
-        Posix.shutdown_write(a)
-        got = UInt8[]
-        chunk = Vector{UInt8}(undef, 1 << 16)
-        while (k = Posix.read_some(b, chunk, 0, length(chunk))) > 0
-            append!(got, chunk[1:k])
-        end
-        records, rest = FastCGI.decode_records(got)
-        @test rest == 0 && all(r -> r.rid == 7, records)
-        stdout_bytes = reduce(vcat, (r.content for r in records if r.type == FastCGI.STDOUT))
-        @test stdout_bytes == vcat(Vector{UInt8}("Content-Type: application/octet-stream\r\n\r\n"), body)
-        @test [r.type for r in records[end-1:end]] == [FastCGI.STDOUT, FastCGI.END_REQUEST]
+        r = read_response(b)
+        records = r.records
+        @test !r.timed_out && all(x -> x.rid == 7, records)
+        @test Vector{UInt8}(r.stdout) ==
+              vcat(Vector{UInt8}("Content-Type: application/octet-stream\r\n\r\n"), body)
+        @test [x.type for x in records[end-1:end]] == [FastCGI.STDOUT, FastCGI.END_REQUEST]
         @test isempty(records[end-1].content)          # the empty STDOUT record
-        @test all(r -> length(r.content) <= FastCGI.STREAM_CHUNK, records)
+        @test all(x -> length(x.content) <= FastCGI.STREAM_CHUNK, records)
+        Posix.shutdown_write(a)                       # and nothing after END_REQUEST
+        @test !haskey(TestClient.PENDING, b) && Posix.read_some(b, Vector{UInt8}(undef, 16), 0, 16) == 0
         @test isempty(io.pieces) && io.out.len == 0   # nothing left for the next send
     finally
         Posix.closefd(a); Posix.closefd(b)
