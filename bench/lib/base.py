@@ -31,7 +31,10 @@ WORKLOADS = [  # name, label, path suffix, post
 ]
 # Backends by key: the name in tables and logs. A new one needs a start
 # method in services.Services and a location in conf/nginx.conf.in.
-NAMES = {"php": "PHP-FPM", "jl": "julia-fcgi", "jla": "julia-fcgi+access log"}
+NAMES = {"php": "PHP-FPM", "jl": "julia-fcgi", "jla": "julia-fcgi+access log",
+         "jlb": "julia-fcgi B"}
+# The julia-fcgi instances (each a master with its workers).
+JL_KEYS = ("jl", "jla", "jlb")
 ACCESS_BAR = 0.03   # the access log stays off by default if it costs more
 T0 = time.time()
 

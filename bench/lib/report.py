@@ -1,5 +1,6 @@
 """The tables: per round, the summary with its verdict, the access log's
 cost, and the Markdown results file."""
+import math
 import os
 import statistics
 
@@ -48,10 +49,51 @@ def access_summary(results):
     return "\n".join(lines)
 
 
-def summarize(results, backends, rss):
+def b_summary(results, args):
+    """julia-fcgi B against A in the same rounds: each one's ratio to PHP-FPM
+    and B / A per round (informational: it compares two builds or
+    configurations, the exit status stays A's)."""
+    what = " ".join(x for x in (f"tree {args.jlb_tree}" if args.jlb_tree else "this tree",
+                                f"options {args.jlb_args!r}" if args.jlb_args else "") if x)
+    lines = [f"julia-fcgi B: {what}.", "",
+             "| B vs A | A req/s | B req/s | CPU µs/req A / B | per-round jl/php A | "
+             "per-round jl/php B | median A | median B | per-round B/A | median B/A |",
+             "|---|---:|---:|---:|---|---|---:|---:|---|---:|"]
+    for wl, label, _, _ in WORKLOADS:
+        rs = {b: [r for r in results if r["workload"] == wl and r["backend"] == b] for b in ("jl", "jlb")}
+        b_a = [r["b_ratio"] for r in rs["jlb"] if "b_ratio" in r]
+        if not b_a:
+            continue
+        to_php = {b: [r["ratio"] for r in rs[b] if "ratio" in r] for b in rs}
+        def med(xs):
+            return f"{statistics.median(xs):.3f}" if xs else "-"
+        def each(xs):
+            return ", ".join(f"{x:.3f}" for x in xs) or "-"
+        rps = {b: f"{statistics.median(r['rps'] for r in rs[b]):.0f}" for b in rs}
+        us = {b: f"{statistics.median(r['us_per_req'] for r in rs[b]):.0f}" for b in rs}
+        lines.append(f"| {label} | {rps['jl']} | {rps['jlb']} | {us['jl']} / {us['jlb']} | "
+                     f"{each(to_php['jl'])} | {each(to_php['jlb'])} | {med(to_php['jl'])} | "
+                     f"{med(to_php['jlb'])} | {each(b_a)} | **{med(b_a)}** | {geo_interval(b_a)} |")
+    lines += ["", "B/A above 1: B served more requests per second than A. The interval is the "
+              "geometric mean of the per-round B/A times/divided by two standard errors: when it "
+              "holds 1, this run cannot tell A and B apart."]
+    return "\n".join(lines)
+
+
+def geo_interval(xs):
+    """The geometric mean of `xs` and about a 95 % interval for it
+    (± two standard errors of the mean of the logs); "-" with < 2 values."""
+    if len(xs) < 2:
+        return "-"
+    logs = [math.log(x) for x in xs]
+    m, se = statistics.mean(logs), statistics.stdev(logs) / math.sqrt(len(logs))
+    return f"{math.exp(m):.3f} ({math.exp(m - 2 * se):.3f}–{math.exp(m + 2 * se):.3f})"
+
+
+def summarize(results, backends, rss, args):
     """The summary tables and the verdict: True, False, or None without both
     sides to compare."""
-    both = set(backends) == {"php", "jl"}
+    both = {"php", "jl"} <= set(backends)
     lines, verdicts = speed_table(results, both)
     lines.append("")
     if rss:
@@ -60,6 +102,9 @@ def summarize(results, backends, rss):
         lines += memory + [""]
     if "jl" in backends and "jla" in backends:
         lines.append(access_summary(results))
+        lines.append("")
+    if "jl" in backends and "jlb" in backends:
+        lines.append(b_summary(results, args))
         lines.append("")
     overall = ("PASS" if verdicts and all(verdicts) else "FAIL") if both else "no verdict (one backend only)"
     lines.append(f"**Overall: {overall}**")
@@ -87,7 +132,8 @@ def speed_table(results, both):
     verdicts = []
     for wl, label, _, _ in WORKLOADS:
         cell = {b: medians(results, wl, b) for b in ("php", "jl")}
-        ratios = [r["ratio"] for r in results if r["workload"] == wl and "ratio" in r]
+        ratios = [r["ratio"] for r in results
+                  if r["workload"] == wl and r["backend"] == "jl" and "ratio" in r]
         errors = sum(r["non2xx"] + r["sockerr"] for r in results if r["workload"] == wl)
         if both and ratios:
             med = statistics.median(ratios)

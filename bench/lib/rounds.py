@@ -57,12 +57,17 @@ def measure_one(svc, args, rnd, workload, b, progress):
 
 
 def add_ratios(pair):
-    """julia-fcgi / PHP-FPM, and julia-fcgi with / without the access log,
-    of one round's pair."""
-    if "php" in pair and "jl" in pair:
-        ratio = pair["jl"]["rps"] / pair["php"]["rps"]
-        pair["jl"]["ratio"] = ratio
-        pair["jl"]["ratio_s"] = f"{ratio:.3f}"
+    """julia-fcgi (A and B) / PHP-FPM, julia-fcgi with / without the access
+    log, and B / A, of one round's runs."""
+    for jl in ("jl", "jlb"):
+        if "php" in pair and jl in pair:
+            ratio = pair[jl]["rps"] / pair["php"]["rps"]
+            pair[jl]["ratio"] = ratio
+            pair[jl]["ratio_s"] = f"{ratio:.3f}"
+    if "jl" in pair and "jlb" in pair:
+        ratio = pair["jlb"]["rps"] / pair["jl"]["rps"]
+        pair["jlb"]["b_ratio"] = ratio
+        pair["jlb"]["ratio_s"] = (pair["jlb"].get("ratio_s", "") + f" ({ratio:.3f} B/A)").strip()
     if "jl" in pair and "jla" in pair:
         ratio = pair["jla"]["rps"] / pair["jl"]["rps"]
         pair["jla"]["access_ratio"] = ratio

@@ -5,13 +5,14 @@ import grp
 import os
 import pwd
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-from .base import (BIG_BYTES, CONF, IS_ROOT, JL_BIN, JULIA, NAMES, PAGES, POST_BYTES,
+from .base import (BIG_BYTES, CONF, IS_ROOT, JL_BIN, JL_KEYS, JULIA, NAMES, PAGES, POST_BYTES,
                    READY_TIMEOUT, RUN, WORKER, WORKLOADS, BenchError, find_prog, log)
 from .processes import (descendants, kill_leftovers, nice_options, proc_stat, spawn, stop_tree,
                         wait_for)
@@ -32,7 +33,7 @@ class Services:
 
     def __init__(self, args):
         self.args = args
-        self.php = self.jl = self.jla = self.nginx = None
+        self.php = self.jl = self.jla = self.jlb = self.nginx = None
 
     # PHP-FPM: its own foreground master (-F) with 2 static children
     def start_php(self):
@@ -47,20 +48,24 @@ class Services:
             f"{[p for p in descendants([self.php.pid]) if p != self.php.pid]}")
 
     # julia-fcgi: master + 2 workers; waits for the "ready:" line. "jla" is
-    # a second instance, the same but with --access-log.
+    # a second instance, the same but with --access-log; "jlb" one built
+    # from --jlb-tree and/or given --jlb-args (B of an A/B comparison).
     def start_jl(self, key="jl"):
-        if not WORKER.exists():
-            raise BenchError(f"{WORKER} does not exist (yet)")
-        logf = RUN / ("julia-fcgi.log" if key == "jl" else "julia-fcgi-access.log")
-        home = RUN / "jl-home"   # the workers' HOME, writable by them
+        binary, worker = jl_build(self.args, key)
+        if not worker.exists():
+            raise BenchError(f"{worker} does not exist (yet)")
+        logf = RUN / ("julia-fcgi.log" if key == "jl" else f"julia-fcgi-{key}.log")
+        home = RUN / f"{key}-home"   # the workers' HOME, writable by them
         home.mkdir(exist_ok=True)
-        cmd = [JL_BIN, "-l", f"unix:{RUN}/{key}.sock", "-w", "2", "-b", JULIA, "-v", WORKER,
+        cmd = [binary, "-l", f"unix:{RUN}/{key}.sock", "-w", "2", "-b", JULIA, "-v", worker,
                "-h", home, "--socket-mode", "0666",
                # Its own runtime directory (scoreboard, lock, status socket): the
                # default (/run/julia-fcgi as root) is locked by any other instance.
                "--runtime-dir", RUN / f"{key}-runtime"]
         if key == "jla":
             cmd.append("--access-log")
+        if key == "jlb":
+            cmd += shlex.split(self.args.jlb_args)
         if IS_ROOT:  # like PHP-FPM's pool `user = nobody`: workers (and master) drop to nobody
             os.chown(home, pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid)
             cmd += ["-u", "nobody", "-g", "nogroup"]
@@ -79,7 +84,7 @@ class Services:
         """The backends asked for, PHP-FPM first, then nginx in front of them."""
         if "php" in backends:
             self.start_php()
-        for key in ("jl", "jla"):
+        for key in JL_KEYS:
             if key in backends:
                 self.start_jl(key)
         self.start_nginx()
@@ -111,19 +116,29 @@ class Services:
         return f"http://127.0.0.1:{self.args.port}"
 
     def pids(self, who):
-        p = {"php": self.php, "jl": self.jl, "jla": self.jla, "nginx": self.nginx}[who]
+        p = {"php": self.php, "jl": self.jl, "jla": self.jla, "jlb": self.jlb,
+             "nginx": self.nginx}[who]
         return descendants([p.pid]) if p else []
 
     def stop(self):
         if self.nginx:
             stop_tree("nginx", self.nginx.pid, signal.SIGQUIT, 10)
-        for key in ("jl", "jla"):  # SIGTERM: graceful stop, the master stops its workers
+        for key in JL_KEYS:  # SIGTERM: graceful stop, the master stops its workers
             if getattr(self, key):
                 stop_tree(NAMES[key], getattr(self, key).pid, signal.SIGTERM, 20)
         if self.php:
             stop_tree("php-fpm", self.php.pid, signal.SIGQUIT, 10)
-        self.php = self.jl = self.jla = self.nginx = None
+        self.php = self.jl = self.jla = self.jlb = self.nginx = None
         kill_leftovers()
+
+
+def jl_build(args, key):
+    """The julia-fcgi binary and worker file an instance runs: this tree's,
+    or for "jlb" those of --jlb-tree."""
+    if key == "jlb" and args.jlb_tree:
+        tree = Path(args.jlb_tree)
+        return tree / "target" / "release" / "julia-fcgi", tree / "julia" / "worker.jl"
+    return JL_BIN, WORKER
 
 
 def fresh_run_dir():

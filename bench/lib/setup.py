@@ -26,9 +26,10 @@ def setup_deps(force):
         raise BenchError(f"{script} failed")
 
 
-def cargo_build():
-    """cargo build --release in the repo root. Under sudo, build as the
-    invoking user when that user has cargo (target/ stays theirs)."""
+def cargo_build(tree=REPO):
+    """cargo build --release in `tree` (the repo root by default). Under
+    sudo, build as the invoking user when that user has cargo (target/
+    stays theirs)."""
     cmd, who = None, "this user"
     sudo_user = os.environ.get("SUDO_USER")
     if IS_ROOT and sudo_user and sudo_user != "root":
@@ -47,8 +48,8 @@ def cargo_build():
         if not cargo:
             raise BenchError("cargo not found (PATH, ~/.cargo/bin)")
         cmd = [cargo]
-    log(f"cargo build --release in {REPO} (as {who}; a first build takes a few minutes)")
-    p = subprocess.Popen(cmd + ["build", "--release", "--color", "never"], cwd=REPO,
+    log(f"cargo build --release in {tree} (as {who}; a first build takes a few minutes)")
+    p = subprocess.Popen(cmd + ["build", "--release", "--color", "never"], cwd=tree,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = []
     for line in p.stdout:  # progress: one line per crate compiled
@@ -58,11 +59,12 @@ def cargo_build():
     rc = p.wait()
     if rc != 0:
         raise BenchError(f"cargo build --release failed (status {rc}):\n{''.join(out)[-4000:]}")
-    if not os.access(JL_BIN, os.X_OK):
-        raise BenchError(f"{JL_BIN} missing after the build")
+    binary = Path(tree) / "target" / "release" / "julia-fcgi"
+    if not os.access(binary, os.X_OK):
+        raise BenchError(f"{binary} missing after the build")
 
 
-def versions():
+def versions(jlb_tree=""):
     def first_line(cmd):
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -70,25 +72,35 @@ def versions():
             return lines[0] if lines else "?"
         except Exception as e:  # noqa: BLE001
             return f"? ({e})"
-    git = first_line(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"])
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src", "julia",
-                            "Cargo.toml", "Cargo.lock"], capture_output=True, text=True).stdout
-    def ident(path):
+    def git(tree):
+        head = first_line(["git", "-C", str(tree), "log", "-1", "--format=%h %s"])
+        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--", "src", "julia",
+                                "Cargo.toml", "Cargo.lock"], capture_output=True, text=True).stdout
+        return head + (f" (+ uncommitted changes in {len(dirty.splitlines())} file(s) of src/, julia/)"
+                       if dirty.strip() else "")
+
+    def ident(path, tree=REPO):
         try:
             h = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
             t = datetime.datetime.fromtimestamp(os.stat(path).st_mtime).strftime("%Y-%m-%d %H:%M:%S")
-            return f"{path.relative_to(REPO)} sha256 {h}…, modified {t}"
-        except OSError:
+            return f"{Path(path).relative_to(tree)} sha256 {h}…, modified {t}"
+        except (OSError, ValueError):
             return f"{path} (missing)"
+    b = {}
+    if jlb_tree:
+        tree = Path(jlb_tree).resolve()
+        b["julia-fcgi B"] = (f"{tree}: {git(tree)}; "
+                             + ident(tree / "target" / "release" / "julia-fcgi", tree) + "; "
+                             + ident(tree / "julia" / "worker.jl", tree))
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host": f"{os.uname().sysname} {os.uname().release}, {NCPU} CPU(s), " + next(
             (l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
-        "git": git + (f" (+ uncommitted changes in {len(dirty.splitlines())} file(s) of src/, julia/)"
-                      if dirty.strip() else ""),
+        "git": git(REPO),
         "nginx": first_line([find_prog("nginx") or "nginx", "-v"]),
         "php-fpm": first_line([find_prog("php-fpm8.2") or "php-fpm8.2", "-v"]),
         "wrk": first_line([find_prog("wrk") or "wrk", "-v"]),
         "julia": first_line([JULIA, "--version"]),
         "julia-fcgi": ident(JL_BIN) + "; " + ident(WORKER),
+        **b,
     }
