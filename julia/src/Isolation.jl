@@ -101,7 +101,10 @@ function leave(mark::Mark)
     current_task().logstate = mark.previous
     parked = 0
     W = workqueue()
-    if !isempty(W)
+    # Tasks of the worker's own may wait there for good (Distributed's
+    # __init__ leaves one, and a worker under load never yields): they are
+    # looked at, not taken off and put back, unless a page's task is there.
+    if !isempty(W) && has_queued(W, marker())
         m = marker()
         keep = Task[]
         while !isempty(W)
@@ -116,6 +119,23 @@ function leave(mark::Mark)
     end
     now = active_handles()
     return (parked, now > mark.handles ? Int(now - mark.handles) : 0)
+end
+
+"""Is a task with log state `m` waiting in the work queue `W`? (Walked under
+its lock; nothing is taken off.)"""
+function has_queued(W, m)::Bool
+    found = false
+    lock(W.lock)
+    t = W.queue.head
+    while t !== nothing
+        if (t::Task).logstate === m
+            found = true
+            break
+        end
+        t = t.next
+    end
+    unlock(W.lock)
+    return found
 end
 
 end # module Isolation

@@ -142,4 +142,10 @@ warn(msg::AbstractString, fields::Pair...)  = entry(WARN, msg, fields...)
 info(msg::AbstractString, fields::Pair...)  = entry(INFO, msg, fields...)
 debug(msg::AbstractString, fields::Pair...) = entry(DEBUG, msg, fields...)
 
+"""The fields of an entry about a request, from its CGI params."""
+request_fields(params::AbstractDict{String,String}) =
+    ("REQUEST_URI" => get(params, "REQUEST_URI", ""),
+     "SCRIPT_FILENAME" => get(params, "SCRIPT_FILENAME", ""),
+     "REQUEST_METHOD" => get(params, "REQUEST_METHOD", ""))
+
 end # module Log

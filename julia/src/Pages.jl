@@ -14,6 +14,7 @@ module Pages
 
 using ..Posix
 using ..Log
+using ..Log: request_fields
 using ..Config: Settings
 using ..Output
 using ..Output: ResponseIO
@@ -139,11 +140,6 @@ function forbidden!(resp::ResponseIO, path::String, why::String, params)
                            "Access to the script '$path' has been denied ($why)")
 end
 
-request_fields(params::Dict{String,String}) =
-    ("REQUEST_URI" => get(params, "REQUEST_URI", ""),
-     "SCRIPT_FILENAME" => get(params, "SCRIPT_FILENAME", ""),
-     "REQUEST_METHOD" => get(params, "REQUEST_METHOD", ""))
-
 # ------------------------------------------------------------------ serve
 
 """
@@ -266,7 +262,7 @@ function enter!(rt::Runtime, params::Dict{String,String}, body::Vector{UInt8},
     rt.resp = resp
     rt.inflight = true
     Loader.EXIT_REQUEST[] = -1
-    s = Stdio.open_streams(body, resp, request_fields(params))
+    s = Stdio.open_streams(body, resp, params)
     rt.streams = s
     Base.__jfcgi_set_stdio!(s.stdin, s.stdout, s.stderr)
     Base.__jfcgi_set_program_file!(path)

@@ -263,19 +263,20 @@ Base.isreadable(::PageStdout) = false
 Base.displaysize(::PageStdout) = (24, 80)
 
 """
-    PageStderr(fields)
+    PageStderr(params)
 
 The page's `stderr`: each line becomes one `warn` entry in the worker's log
-with the request's fields (a partial last line at the end of the request).
+with the request's fields (`Log.request_fields(params)`, taken when a line
+is written, not per request), a partial last line at the end of the request.
 """
 mutable struct PageStderr <: IO
     line::Vector{UInt8}
-    fields::NTuple{3,Pair{String,String}}
+    params::Dict{String,String}
     live::Bool
     closed::Bool
 end
 
-PageStderr(fields) = PageStderr(UInt8[], fields, true, false)
+PageStderr(params::Dict{String,String}) = PageStderr(UInt8[], params, true, false)
 
 function Base.unsafe_write(io::PageStderr, p::Ptr{UInt8}, n::UInt)
     (io.live && !io.closed) || throw(dead_stream(io.live ? "stderr" : "stderr of a finished request"))
@@ -299,7 +300,7 @@ end
 
 function emit!(io::PageStderr)
     isempty(io.line) && return nothing
-    Log.warn(String(copy(io.line)), io.fields...)
+    Log.warn(String(copy(io.line)), Log.request_fields(io.params)...)
     empty!(io.line)
     return nothing
 end
@@ -406,15 +407,15 @@ struct Streams
 end
 
 """
-    open_streams(body, resp, fields) -> Streams
+    open_streams(body, resp, params) -> Streams
 
 Fds and objects for a request: `install!`, then new stream objects.
 """
-function open_streams(body::Vector{UInt8}, resp::ResponseIO, fields)::Streams
+function open_streams(body::Vector{UInt8}, resp::ResponseIO, params::Dict{String,String})::Streams
     install!(body)
     resp.mfd = FDS.ok ? FDS.out : Cint(-1)
     resp.mseen = 0
-    return Streams(PageStdin(body), PageStdout(resp), PageStderr(fields))
+    return Streams(PageStdin(body), PageStdout(resp), PageStderr(params))
 end
 
 """

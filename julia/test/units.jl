@@ -1,6 +1,6 @@
 # Unit tests: wire format, headers, log escaping, environment switching.
 using .JuliaFCGI
-using .JuliaFCGI: FastCGI, Output, Log, Env, Posix, Access
+using .JuliaFCGI: FastCGI, Output, Log, Env, Posix, Access, Isolation
 using .JuliaFCGI.FastCGI: ByteBuf
 
 bytes_of(b::ByteBuf) = b.data[1:b.len]
@@ -227,6 +227,24 @@ end
         for k in keys(ENV); delete!(ENV, k); end
         for (k, v) in saved; ENV[k] = v; end
     end
+end
+
+@testset "a request's queued tasks are stopped, the worker's stay queued" begin
+    ran = Symbol[]
+    W = Isolation.workqueue()
+    ours = @task push!(ran, :worker)         # queued before the request, as Distributed's is
+    schedule(ours)
+    mark = Isolation.enter()
+    @test Isolation.leave(mark) == (0, 0)    # only the worker's task waits: left in place
+    @test W.queue.head === ours && !istaskdone(ours)
+    mark = Isolation.enter()
+    page_task = @async push!(ran, :page)     # the page's: carries the request's marker
+    @test Isolation.has_queued(W, Isolation.marker())
+    @test Isolation.leave(mark) == (1, 0)
+    @test !Isolation.has_queued(W, Isolation.marker())
+    @test W.queue.head === ours
+    yield()
+    @test ran == [:worker] && istaskdone(ours) && !istaskdone(page_task)
 end
 
 @testset "gathered sends (writev_all)" begin
