@@ -25,6 +25,16 @@ def round_table(rows):
     return "\n".join(out)
 
 
+def runs_by_backend(results, wl, backends):
+    """Each backend's runs of workload `wl`."""
+    return {b: [r for r in results if r["workload"] == wl and r["backend"] == b] for b in backends}
+
+
+def median_cells(runs, field):
+    """Per backend, the median of one figure over its runs, as a table cell."""
+    return {b: f"{statistics.median(r[field] for r in rs):.0f}" for b, rs in runs.items()}
+
+
 def access_summary(results):
     """What --access-log costs: julia-fcgi with it against julia-fcgi without
     it, in the same rounds (informational: it decides the default, not the
@@ -34,14 +44,13 @@ def access_summary(results):
              f"on by default only if cost <= {ACCESS_BAR:.0%} |",
              "|---|---:|---:|---:|---|---:|---:|---|"]
     for wl, label, _, _ in WORKLOADS:
-        rs = {b: [r for r in results if r["workload"] == wl and r["backend"] == b] for b in ("jl", "jla")}
+        rs = runs_by_backend(results, wl, ("jl", "jla"))
         ratios = [r["access_ratio"] for r in rs["jla"] if "access_ratio" in r]
         if not ratios:
             continue
         med = statistics.median(ratios)
         cost = 1.0 - med
-        rps = {b: f"{statistics.median(r['rps'] for r in rs[b]):.0f}" for b in rs}
-        us = {b: f"{statistics.median(r['us_per_req'] for r in rs[b]):.0f}" for b in rs}
+        rps, us = median_cells(rs, "rps"), median_cells(rs, "us_per_req")
         lines.append(f"| {label} | {rps['jl']} | {rps['jla']} | {us['jl']} / {us['jla']} | "
                      + ", ".join(f"{x:.3f}" for x in ratios)
                      + f" | **{med:.3f}** | {cost:+.1%} | "
@@ -57,20 +66,22 @@ def b_summary(results, args):
                                 f"options {args.jlb_args!r}" if args.jlb_args else "") if x)
     lines = [f"julia-fcgi B: {what}.", "",
              "| B vs A | A req/s | B req/s | CPU µs/req A / B | per-round jl/php A | "
-             "per-round jl/php B | median A | median B | per-round B/A | median B/A |",
-             "|---|---:|---:|---:|---|---|---:|---:|---|---:|"]
+             "per-round jl/php B | median A | median B | per-round B/A | median B/A "
+             "| geometric mean B/A (about 95 % interval) |",
+             "|---|---:|---:|---:|---|---|---:|---:|---|---:|---:|"]
     for wl, label, _, _ in WORKLOADS:
-        rs = {b: [r for r in results if r["workload"] == wl and r["backend"] == b] for b in ("jl", "jlb")}
+        rs = runs_by_backend(results, wl, ("jl", "jlb"))
         b_a = [r["b_ratio"] for r in rs["jlb"] if "b_ratio" in r]
         if not b_a:
             continue
         to_php = {b: [r["ratio"] for r in rs[b] if "ratio" in r] for b in rs}
+
         def med(xs):
             return f"{statistics.median(xs):.3f}" if xs else "-"
+
         def each(xs):
             return ", ".join(f"{x:.3f}" for x in xs) or "-"
-        rps = {b: f"{statistics.median(r['rps'] for r in rs[b]):.0f}" for b in rs}
-        us = {b: f"{statistics.median(r['us_per_req'] for r in rs[b]):.0f}" for b in rs}
+        rps, us = median_cells(rs, "rps"), median_cells(rs, "us_per_req")
         lines.append(f"| {label} | {rps['jl']} | {rps['jlb']} | {us['jl']} / {us['jlb']} | "
                      f"{each(to_php['jl'])} | {each(to_php['jlb'])} | {med(to_php['jl'])} | "
                      f"{med(to_php['jlb'])} | {each(b_a)} | **{med(b_a)}** | {geo_interval(b_a)} |")
