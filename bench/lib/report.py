@@ -30,6 +30,16 @@ def runs_by_backend(results, wl, backends):
     return {b: [r for r in results if r["workload"] == wl and r["backend"] == b] for b in backends}
 
 
+def compared(results, pair, key):
+    """Per workload that has them: its label, each of the two backends' runs,
+    and the per-round ratios kept under `key` in the second one's runs."""
+    for wl, label, _, _ in WORKLOADS:
+        rs = runs_by_backend(results, wl, pair)
+        ratios = [r[key] for r in rs[pair[1]] if key in r]
+        if ratios:
+            yield label, rs, ratios
+
+
 def median_cells(runs, field):
     """Per backend, the median of one figure over its runs, as a table cell."""
     return {b: f"{statistics.median(r[field] for r in rs):.0f}" for b, rs in runs.items()}
@@ -43,11 +53,7 @@ def access_summary(results):
              "| CPU µs/req without / with | per-round ratios jla/jl | median ratio | cost | "
              f"on by default only if cost <= {ACCESS_BAR:.0%} |",
              "|---|---:|---:|---:|---|---:|---:|---|"]
-    for wl, label, _, _ in WORKLOADS:
-        rs = runs_by_backend(results, wl, ("jl", "jla"))
-        ratios = [r["access_ratio"] for r in rs["jla"] if "access_ratio" in r]
-        if not ratios:
-            continue
+    for label, rs, ratios in compared(results, ("jl", "jla"), "access_ratio"):
         med = statistics.median(ratios)
         cost = 1.0 - med
         rps, us = median_cells(rs, "rps"), median_cells(rs, "us_per_req")
@@ -62,18 +68,14 @@ def b_summary(results, args):
     """julia-fcgi B against A in the same rounds: each one's ratio to PHP-FPM
     and B / A per round (informational: it compares two builds or
     configurations, the exit status stays A's)."""
-    what = " ".join(x for x in (f"tree {args.jlb_tree}" if args.jlb_tree else "this tree",
+    what = ", ".join(x for x in (f"tree {args.jlb_tree}" if args.jlb_tree else "this tree",
                                 f"options {args.jlb_args!r}" if args.jlb_args else "") if x)
     lines = [f"julia-fcgi B: {what}.", "",
              "| B vs A | A req/s | B req/s | CPU µs/req A / B | per-round jl/php A | "
              "per-round jl/php B | median A | median B | per-round B/A | median B/A "
              "| geometric mean B/A (about 95 % interval) |",
              "|---|---:|---:|---:|---|---|---:|---:|---|---:|---:|"]
-    for wl, label, _, _ in WORKLOADS:
-        rs = runs_by_backend(results, wl, ("jl", "jlb"))
-        b_a = [r["b_ratio"] for r in rs["jlb"] if "b_ratio" in r]
-        if not b_a:
-            continue
+    for label, rs, b_a in compared(results, ("jl", "jlb"), "b_ratio"):
         to_php = {b: [r["ratio"] for r in rs[b] if "ratio" in r] for b in rs}
 
         def med(xs):
