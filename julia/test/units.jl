@@ -230,21 +230,32 @@ end
 end
 
 @testset "a request's queued tasks are stopped, the worker's stay queued" begin
-    ran = Symbol[]
     W = Isolation.workqueue()
-    ours = @task push!(ran, :worker)         # queued before the request, as Distributed's is
+    function queued(t)
+        x = W.queue.head
+        while x !== nothing
+            x === t && return true
+            x = x.next
+        end
+        return false
+    end
+    # Everything is looked at before any @test: nothing here may yield.
+    ours = @task nothing                     # queued before the request, as Distributed's is
     schedule(ours)
     mark = Isolation.enter()
-    @test Isolation.leave(mark) == (0, 0)    # only the worker's task waits: left in place
-    @test W.queue.head === ours && !istaskdone(ours)
+    first = Isolation.leave(mark)            # only the worker's task waits: left in place
+    kept_alone = queued(ours)
     mark = Isolation.enter()
-    page_task = @async push!(ran, :page)     # the page's: carries the request's marker
-    @test Isolation.has_queued(W, Isolation.marker())
-    @test Isolation.leave(mark) == (1, 0)
-    @test !Isolation.has_queued(W, Isolation.marker())
-    @test W.queue.head === ours
-    yield()
-    @test ran == [:worker] && istaskdone(ours) && !istaskdone(page_task)
+    page_task = @async nothing               # the page's: carries the request's marker
+    seen = Isolation.has_queued(W, Isolation.marker())
+    second = Isolation.leave(mark)
+    kept, stopped = queued(ours), !queued(page_task)
+    after = Isolation.has_queued(W, Isolation.marker())
+    @test first == (0, 0) && kept_alone
+    @test seen && second == (1, 0)
+    @test kept && stopped && !after
+    wait(ours)                               # the worker's task still runs
+    @test istaskdone(ours) && !istaskdone(page_task)
 end
 
 @testset "gathered sends (writev_all)" begin
