@@ -77,20 +77,23 @@ def b_summary(results, args):
              "|---|---:|---:|---:|---|---|---:|---:|---|---:|---:|"]
     for label, rs, b_a in compared(results, ("jl", "jlb"), "b_ratio"):
         to_php = {b: [r["ratio"] for r in rs[b] if "ratio" in r] for b in rs}
-
-        def med(xs):
-            return f"{statistics.median(xs):.3f}" if xs else "-"
-
-        def each(xs):
-            return ", ".join(f"{x:.3f}" for x in xs) or "-"
         rps, us = median_cells(rs, "rps"), median_cells(rs, "us_per_req")
         lines.append(f"| {label} | {rps['jl']} | {rps['jlb']} | {us['jl']} / {us['jlb']} | "
-                     f"{each(to_php['jl'])} | {each(to_php['jlb'])} | {med(to_php['jl'])} | "
-                     f"{med(to_php['jlb'])} | {each(b_a)} | **{med(b_a)}** | {geo_interval(b_a)} |")
+                     f"{ratio_list(to_php['jl'])} | {ratio_list(to_php['jlb'])} | "
+                     f"{median_ratio(to_php['jl'])} | {median_ratio(to_php['jlb'])} | "
+                     f"{ratio_list(b_a)} | **{median_ratio(b_a)}** | {geo_interval(b_a)} |")
     lines += ["", "B/A above 1: B served more requests per second than A. The interval is the "
               "geometric mean of the per-round B/A times/divided by two standard errors: when it "
               "holds 1, this run cannot tell A and B apart."]
     return "\n".join(lines)
+
+
+def median_ratio(xs):
+    return f"{statistics.median(xs):.3f}" if xs else "-"
+
+
+def ratio_list(xs):
+    return ", ".join(f"{x:.3f}" for x in xs) or "-"
 
 
 def geo_interval(xs):

@@ -104,8 +104,8 @@ function leave(mark::Mark)
     # Tasks of the worker's own may wait there for good (Distributed's
     # __init__ leaves one, and a worker under load never yields): they are
     # looked at, not taken off and put back, unless a page's task is there.
-    if !isempty(W) && has_queued(W, marker())
-        m = marker()
+    m = marker()
+    if !isempty(W) && has_queued(W, m)
         keep = Task[]
         while !isempty(W)
             t = popfirst!(W)

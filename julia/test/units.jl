@@ -231,23 +231,18 @@ end
 
 @testset "a request's queued tasks are stopped, the worker's stay queued" begin
     W = Isolation.workqueue()
-    function queued(t)
-        x = W.queue.head
-        while x !== nothing
-            x === t && return true
-            x = x.next
-        end
-        return false
-    end
+    # A task is found in the queue by a log state of its own.
+    queued(t) = Isolation.has_queued(W, t.logstate)
     # Everything is looked at before any @test: nothing here may yield.
     ours = @task nothing                     # queued before the request, as Distributed's is
+    ours.logstate = Ref(:ours)
     schedule(ours)
     mark = Isolation.enter()
     first = Isolation.leave(mark)            # only the worker's task waits: left in place
     kept_alone = queued(ours)
     mark = Isolation.enter()
     page_task = @async nothing               # the page's: carries the request's marker
-    seen = Isolation.has_queued(W, Isolation.marker())
+    seen = queued(page_task)
     second = Isolation.leave(mark)
     kept, stopped = queued(ours), !queued(page_task)
     after = Isolation.has_queued(W, Isolation.marker())
