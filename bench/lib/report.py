@@ -64,13 +64,15 @@ def access_summary(results):
     return "\n".join(lines)
 
 
-def b_summary(results, args):
+def b_summary(results, args, starts):
     """julia-fcgi B against A in the same rounds: each one's ratio to PHP-FPM
     and B / A per round (informational: it compares two builds or
-    configurations, the exit status stays A's)."""
+    configurations, the exit status stays A's). `starts`: what each one's
+    workers started from, as its master said."""
     what = ", ".join(x for x in (f"tree {args.jlb_tree}" if args.jlb_tree else "this tree",
                                 f"options {args.jlb_args!r}" if args.jlb_args else "") if x)
     lines = [f"julia-fcgi B: {what}.", "",
+             f"- A: {starts.get('jl', '-')}", f"- B: {starts.get('jlb', '-')}", "",
              "| B vs A | A req/s | B req/s | CPU µs/req A / B | per-round jl/php A | "
              "per-round jl/php B | median A | median B | per-round B/A | median B/A "
              "| geometric mean B/A (about 95 % interval) |",
@@ -106,12 +108,15 @@ def geo_interval(xs):
     return f"{math.exp(m):.3f} ({math.exp(m - 2 * se):.3f}–{math.exp(m + 2 * se):.3f})"
 
 
-def summarize(results, backends, rss, args):
+def summarize(results, backends, rss, args, starts):
     """The summary tables and the verdict: True, False, or None without both
-    sides to compare."""
+    sides to compare. `starts`: per julia-fcgi backend, what its workers
+    started from."""
     both = {"php", "jl"} <= set(backends)
     lines, verdicts = speed_table(results, both)
     lines.append("")
+    if "jl" in starts and "jlb" not in backends:
+        lines += [f"julia-fcgi: {starts['jl']}", ""]
     if rss:
         memory, ok = memory_table(rss)
         verdicts.append(ok)
@@ -120,7 +125,7 @@ def summarize(results, backends, rss, args):
         lines.append(access_summary(results))
         lines.append("")
     if "jl" in backends and "jlb" in backends:
-        lines.append(b_summary(results, args))
+        lines.append(b_summary(results, args, starts))
         lines.append("")
     overall = ("PASS" if verdicts and all(verdicts) else "FAIL") if both else "no verdict (one backend only)"
     lines.append(f"**Overall: {overall}**")

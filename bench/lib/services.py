@@ -34,6 +34,9 @@ class Services:
     def __init__(self, args):
         self.args = args
         self.php = self.jl = self.jla = self.jlb = self.nginx = None
+        # per julia-fcgi key, how its master said the workers start (from
+        # source, or from which pool sysimage): what an A/B run compared
+        self.starts = {}
 
     # PHP-FPM: its own foreground master (-F) with 2 static children
     def start_php(self):
@@ -78,6 +81,8 @@ class Services:
                  f"{NAMES[key]} 'ready:' line", proc, logf)
         line = next(l for l in logf.read_text(errors="replace").splitlines() if "ready:" in l)
         log(f"  {NAMES[key]} ready after {time.time() - t:.1f}s: {line.strip()[-120:]}")
+        self.starts[key] = workers_start(logf)
+        log(f"  {NAMES[key]}: {self.starts[key]}")
         log(f"  {NAMES[key]} master {proc.pid}, workers {self.jl_workers(key)}")
 
     def start_backends(self, backends):
@@ -130,6 +135,16 @@ class Services:
             stop_tree("php-fpm", self.php.pid, signal.SIGQUIT, 10)
         self.php = self.jl = self.jla = self.jlb = self.nginx = None
         kill_leftovers()
+
+
+def workers_start(logf):
+    """The master's line on what its workers start from (source or a pool
+    sysimage, and why), without its timestamp and level."""
+    line = next((l for l in logf.read_text(errors="replace").splitlines()
+                 if "workers start from" in l), None)
+    if line is None:
+        return "the log does not say what the workers start from"
+    return re.sub(r"^\S+\s+(INFO|WARN|ERROR)\s+", "", line.strip())
 
 
 def jl_build(args, key):
