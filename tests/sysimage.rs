@@ -242,4 +242,14 @@ fn the_master_uses_a_valid_image_and_refuses_a_stale_one() {
     );
     let line = d.wait_for_log("not used", Duration::from_secs(5));
     assert!(line.contains("start from source"), "{line}");
+    drop(d);
+
+    // Turned off: it says so, and the workers serve from source.
+    let d = f.daemon(&common::julia(), 1, "sysimage = \"off\"\n");
+    d.wait_for_log(
+        "workers start from source: sysimage = \"off\"",
+        Duration::from_secs(5),
+    );
+    let r = fcgi::get(&d.addr, &f.project.join("greet.jl"), "unwired");
+    assert_eq!(r.status(), 200);
 }

@@ -90,6 +90,8 @@ impl Config {
                          (`julia-fcgi sysimage build` makes one)",
                         super::default_path(worker_file).display()
                     );
+                } else {
+                    tracing::info!("workers start from source: sysimage = \"off\" in the config");
                 }
                 None
             }
