@@ -79,9 +79,10 @@ class Services:
         t = time.time()
         wait_for(lambda: "ready:" in logf.read_text(errors="replace"), READY_TIMEOUT,
                  f"{NAMES[key]} 'ready:' line", proc, logf)
-        line = next(l for l in logf.read_text(errors="replace").splitlines() if "ready:" in l)
+        lines = logf.read_text(errors="replace").splitlines()
+        line = next(l for l in lines if "ready:" in l)
         log(f"  {NAMES[key]} ready after {time.time() - t:.1f}s: {line.strip()[-120:]}")
-        self.starts[key] = workers_start(logf)
+        self.starts[key] = workers_start(lines)
         log(f"  {NAMES[key]}: {self.starts[key]}")
         log(f"  {NAMES[key]} master {proc.pid}, workers {self.jl_workers(key)}")
 
@@ -137,11 +138,10 @@ class Services:
         kill_leftovers()
 
 
-def workers_start(logf):
-    """The master's line on what its workers start from (source or a pool
-    sysimage, and why), without its timestamp and level."""
-    line = next((l for l in logf.read_text(errors="replace").splitlines()
-                 if "workers start from" in l), None)
+def workers_start(lines):
+    """The master's log line (of `lines`) on what its workers start from
+    (source or a pool sysimage, and why), without its timestamp and level."""
+    line = next((l for l in lines if "workers start from" in l), None)
     if line is None:
         return "the log does not say what the workers start from"
     return re.sub(r"^\S+\s+(INFO|WARN|ERROR)\s+", "", line.strip())
